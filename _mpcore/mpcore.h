@@ -1,0 +1,112 @@
+/* Shared declarations for the _mpcore extension.
+ *
+ * One C file per concept (spawn, deadline, semaphore, connection, heap,
+ * forkserver); each exports one `mp_<concept>_init(module, state)` that
+ * module.c calls from its exec slot.  Everything else is static.
+ */
+#ifndef MPCORE_H
+#define MPCORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+
+/* Per-module state (PEP 573/630).  m_traverse/m_clear in module.c list
+ * the same PyObject fields in the same order: keep them in step. */
+typedef struct {
+    PyTypeObject *SemLockType;      /* semaphore.c */
+    PyTypeObject *ConnectionType;   /* connection.c */
+    PyTypeObject *ArenaType;        /* heap.c */
+} mp_state;
+
+extern PyModuleDef mp_module_def;
+
+static inline mp_state *
+mp_get_state(PyObject *module)
+{
+    return (mp_state *)PyModule_GetState(module);
+}
+
+/* PyType_GetModuleByDef arrived in 3.11; walk the MRO ourselves before. */
+#if PY_VERSION_HEX < 0x030B0000
+static inline PyObject *
+mp_type_module_by_def(PyTypeObject *tp, PyModuleDef *def)
+{
+    PyObject *mro = tp->tp_mro;
+    for (Py_ssize_t i = 0; mro && i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+        if (!(t->tp_flags & Py_TPFLAGS_HEAPTYPE))
+            continue;
+        PyObject *m = PyType_GetModule(t);
+        if (m == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        if (PyModule_GetDef(m) == def)
+            return m;
+    }
+    PyErr_Format(PyExc_TypeError, "%s is not a type of _mpcore", tp->tp_name);
+    return NULL;
+}
+#else
+#define mp_type_module_by_def(tp, def) PyType_GetModuleByDef((tp), (def))
+#endif
+
+/* Returns the state of the module that defined `tp` (or a base of it);
+ * NULL with an exception set if there is none. */
+static inline mp_state *
+mp_get_state_by_type(PyTypeObject *tp)
+{
+    PyObject *mod = mp_type_module_by_def(tp, &mp_module_def);
+    return mod ? mp_get_state(mod) : NULL;
+}
+
+#ifndef Py_TPFLAGS_IMMUTABLETYPE    /* 3.10+ */
+#define Py_TPFLAGS_IMMUTABLETYPE 0
+#endif
+
+/* The one blocking-call idiom (PEP 475).  Runs `call` with the GIL
+ * released, retrying while it fails with EINTR and no signal handler
+ * raised.  Afterwards `res` is the call's result, `err` its errno, and
+ * `async_err` non-zero if a handler raised (the exception is then set).
+ * `call` must not touch Python objects. */
+#define MP_RETRY_EINTR(res, call, err, async_err)                           \
+    do {                                                                    \
+        (async_err) = 0;                                                    \
+        do {                                                                \
+            Py_BEGIN_ALLOW_THREADS                                          \
+            (res) = (call);                                                 \
+            (err) = errno;                                                  \
+            Py_END_ALLOW_THREADS                                            \
+        } while ((res) < 0 && (err) == EINTR &&                             \
+                 !((async_err) = PyErr_CheckSignals()));                    \
+    } while (0)
+
+/* Raise OSError (the errno-specific subclass) for `err`.  Returns NULL. */
+PyObject *mp_set_oserror(int err);
+
+/* ---- deadline.c: timeouts against CLOCK_MONOTONIC ---- */
+
+#define MP_FOREVER ((int64_t)-1)
+
+/* Current CLOCK_MONOTONIC time in nanoseconds. */
+int64_t mp_now_ns(void);
+
+/* None -> MP_FOREVER; a real number of seconds -> now + max(t, 0).
+ * Returns 0, or -1 with TypeError/ValueError set. */
+int mp_deadline_from_timeout(PyObject *timeout, int64_t *deadline);
+
+/* Milliseconds left for poll(): -1 for MP_FOREVER, else >= 0, rounded up
+ * so that a wait never returns before its deadline. */
+int mp_deadline_remaining_ms(int64_t deadline);
+
+/* The absolute CLOCK_MONOTONIC timespec of a finite deadline. */
+void mp_deadline_timespec(int64_t deadline, struct timespec *ts);
+
+/* ---- one init per concept, called in order by module.c ---- */
+int mp_spawn_init(PyObject *module, mp_state *st);
+
+#endif /* MPCORE_H */
