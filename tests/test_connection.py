@@ -612,3 +612,226 @@ class TestStdlibInterop:
         assert list(buf) == [0.0, 1.5, 2.5]
         ours.close()
         std.close()
+
+
+# ------------------------------------------------- the Python-level API
+
+from multiprocessing_c import connection, reduction    # noqa: E402
+import multiprocessing_c                                # noqa: E402
+
+
+def child_echo(conn):
+    for msg in iter(conn.recv_bytes, b''):
+        conn.send_bytes(msg)
+    conn.close()
+
+
+def child_use_passed_conns(conn):
+    # Receives Connections over an existing pipe (resource sharer path).
+    w = conn.recv()
+    w.send('all is well')
+    w.close()
+    r = conn.recv()
+    conn.send(r.recv() * 2)
+    conn.close()
+
+
+def child_write_to_received_fd(conn, data):
+    fd = reduction.recv_handle(conn)
+    os.write(fd, data)
+    os.close(fd)
+
+
+def child_send_some(w, n):
+    for i in range(n):
+        w.send((i, os.getpid()))
+    w.close()
+
+
+class TestPipe:
+
+    def test_duplex(self, fd_guard):
+        a, b = connection.Pipe()
+        assert type(a) is connection.Connection
+        assert a.readable and a.writable
+        seq = [1, 2.25, None, 'x' * 1000]
+        a.send(seq)
+        assert b.recv() == seq
+        b.send_bytes(b'back')
+        assert a.recv_bytes() == b'back'
+        a.close()
+        with pytest.raises(EOFError):
+            b.recv()
+        b.close()
+
+    def test_one_way(self, fd_guard):
+        r, w = connection.Pipe(duplex=False)
+        w.send(1)
+        assert r.recv() == 1
+        assert (r.readable, r.writable, w.readable, w.writable) == \
+            (True, False, False, True)
+        with pytest.raises(OSError):
+            r.send(2)
+        with pytest.raises(OSError):
+            w.recv()
+        with pytest.raises(OSError):
+            w.poll()
+        r.close()
+        w.close()
+
+    def test_context_manager(self, fd_guard):
+        a, b = connection.Pipe()
+        with a, b:
+            a.send(1729)
+            assert b.recv() == 1729
+            assert not a.closed and not b.closed
+        assert a.closed and b.closed
+        with pytest.raises(OSError):
+            a.recv()
+
+    def test_big_object(self, fd_guard):
+        a, b = connection.Pipe()
+        big = list(range(200000))
+        t = in_thread(a.send, big)
+        assert b.recv() == big
+        t.join()
+        a.close()
+        b.close()
+
+    def test_plain_pickle_refuses_connection(self, fd_guard):
+        import pickle
+        a, b = connection.Pipe()
+        with pytest.raises(TypeError):
+            pickle.dumps(a)
+        a.close()
+        b.close()
+
+    def test_stdlib_objects_both_ways(self, fd_guard):
+        # send()/recv() pickles are plain pickles: the stdlib reads them.
+        a, b = socket.socketpair()
+        ours = connection.Connection(a.detach())
+        std = std_connection.Connection(b.detach())
+        ours.send({'k': [1, 2]})
+        assert std.recv() == {'k': [1, 2]}
+        std.send(('tuple', None))
+        assert ours.recv() == ('tuple', None)
+        ours.close()
+        std.close()
+
+    def test_wait_on_pipes(self, fd_guard):
+        pairs = [connection.Pipe(duplex=False) for _ in range(5)]
+        readers = [r for r, _ in pairs]
+        assert connection.wait(readers, 0.05) == []
+        pairs[2][1].send('x')
+        assert connection.wait(readers, timeout=5) == [readers[2]]
+        for r, w in pairs:
+            r.close()
+            w.close()
+
+    def test_poll_semantics(self, fd_guard):
+        a, b = connection.Pipe()
+        assert a.poll() is False
+        b.send_bytes(b'')
+        assert a.poll() is True and a.poll() is True
+        assert a.recv_bytes() == b''
+        b.send_bytes(b'a')
+        b.send_bytes(b'bc')
+        assert a.recv_bytes() == b'a'
+        assert a.poll(1.0) is True
+        assert a.recv_bytes() == b'bc'
+        assert a.poll(0.0) is False
+        a.close()
+        b.close()
+
+
+class TestProcesses:
+
+    def test_echo_child(self, ctx):
+        conn, child_conn = ctx.Pipe()
+        p = ctx.Process(target=child_echo, args=(child_conn,))
+        p.start()
+        child_conn.close()
+        for msg in (b'hello', b'x' * 100000, b'y' * (16 << 20)):
+            conn.send_bytes(msg)
+            assert conn.recv_bytes() == msg
+        conn.send_bytes(b'')
+        p.join(10)
+        assert p.exitcode == 0
+        with pytest.raises(EOFError):
+            conn.recv_bytes()
+        conn.close()
+
+    def test_pickle_connections_to_running_child(self, ctx):
+        conn, child_conn = ctx.Pipe()
+        p = ctx.Process(target=child_use_passed_conns, args=(child_conn,))
+        p.start()
+        child_conn.close()
+        r, w = ctx.Pipe(duplex=False)
+        conn.send(w)
+        w.close()
+        assert r.recv() == 'all is well'
+        r.close()
+        r, w = ctx.Pipe(duplex=False)
+        conn.send(r)
+        r.close()
+        w.send('foobar')
+        w.close()
+        assert conn.recv() == 'foobar' * 2
+        p.join(10)
+        assert p.exitcode == 0
+        conn.close()
+
+    def test_send_handle(self, ctx, tmp_path):
+        conn, child_conn = ctx.Pipe()
+        p = ctx.Process(target=child_write_to_received_fd,
+                        args=(child_conn, b'foo'))
+        p.start()
+        path = tmp_path / 'out'
+        with open(path, 'wb') as f:
+            reduction.send_handle(conn, f.fileno(), p.pid)
+        p.join(10)
+        assert p.exitcode == 0
+        assert path.read_bytes() == b'foo'
+        conn.close()
+        child_conn.close()
+
+    def test_wait_for_children(self, ctx):
+        readers, procs = [], []
+        for _ in range(3):
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=child_send_some, args=(w, 10))
+            p.start()
+            w.close()
+            readers.append(r)
+            procs.append(p)
+        messages = []
+        while readers:
+            for r in connection.wait(readers, 10):
+                try:
+                    messages.append(r.recv())
+                except EOFError:
+                    readers.remove(r)
+                    r.close()
+        for p in procs:
+            p.join(10)
+        assert sorted(messages) == sorted((i, p.pid) for i in range(10)
+                                          for p in procs)
+        sentinels = [p.sentinel for p in procs]
+        assert connection.wait(sentinels, 0) == sentinels
+
+
+def test_resource_sharer_stop():
+    from multiprocessing_c import resource_sharer
+    a, b = connection.Pipe()
+    df = resource_sharer.DupFd(a.fileno())     # starts the sharer
+    fd = df.detach()
+    os.fstat(fd)
+    os.close(fd)
+    unclaimed = resource_sharer.DupFd(a.fileno())
+    before = open_fds()
+    resource_sharer.stop(timeout=5)
+    assert resource_sharer._resource_sharer._thread is None
+    # Its listener and the unclaimed duplicate are closed.
+    assert open_fds() == before - 2
+    a.close()
+    b.close()
