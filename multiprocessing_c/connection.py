@@ -6,11 +6,14 @@ _mpcore.wait); this module adds pickling of objects, addresses, and the
 challenge/response handshake, which speaks the running Python's stdlib
 dialect so both can connect to each other.
 """
+import copyreg
 import hmac
+import io
 import itertools
 import os
 import socket
 import sys
+import threading
 
 from . import _mpcore
 from . import reduction
@@ -33,6 +36,43 @@ _ConnectionBase = _mpcore.Connection
 wait = _mpcore.wait
 
 
+# Making a ForkingPickler per message costs several times more than
+# pickling a small object, so picklers are reused from a small pool (a
+# list: pop/append are atomic, so threads and re-entrant sends from inside
+# a reducer each get their own).  A pooled pickler writes into a list
+# rather than a BytesIO; it is dropped when reducers were registered since
+# it was made (ForkingPickler.register, or copyreg's table grew), or when
+# a dump failed.
+_POOL_MAX = 4
+_pickler_pool = []
+
+
+class _Sink:
+    __slots__ = ('write',)
+
+    def __init__(self, write):
+        self.write = write
+
+
+def _dumps(obj):
+    stamp = (len(copyreg.dispatch_table) << 32) | _ForkingPickler._generation
+    try:
+        pickler, out, made = _pickler_pool.pop()
+        if made != stamp:
+            raise IndexError
+    except IndexError:
+        out = []
+        pickler = _ForkingPickler(_Sink(out.append))
+        made = stamp
+    pickler.dump(obj)
+    pickler.clear_memo()
+    data = out[0] if len(out) == 1 else b''.join(out)
+    out.clear()
+    if len(_pickler_pool) < _POOL_MAX:
+        _pickler_pool.append((pickler, out, made))
+    return data
+
+
 class Connection(_mpcore.Connection):
     """A two-way (or one-way) channel of messages over a file descriptor.
 
@@ -41,7 +81,7 @@ class Connection(_mpcore.Connection):
 
     def send(self, obj):
         """Send a picklable object."""
-        self.send_bytes(_ForkingPickler.dumps(obj))
+        self.send_bytes(_dumps(obj))
 
     def recv(self):
         """Receive an object sent with send()."""

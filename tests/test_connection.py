@@ -718,6 +718,38 @@ class TestPipe:
         ours.close()
         std.close()
 
+    def test_reused_picklers(self, fd_guard):
+        # send() reuses picklers: a failed dump, a reducer registered
+        # later and a send from inside a reducer must all still work.
+        a, b = connection.Pipe()
+        with pytest.raises(Exception):
+            a.send(lambda: None)           # not picklable
+        a.send([1, 2])
+        assert b.recv() == [1, 2]
+
+        class Late:
+            pass
+        reduction.register(Late, lambda obj: (str, ('late-reduced',)))
+        try:
+            a.send(Late())
+            assert b.recv() == 'late-reduced'
+        finally:
+            del reduction.ForkingPickler._extra_reducers[Late]
+
+        class Nested:
+            def __reduce__(self):
+                a.send('inner')            # re-entrant send
+                return (str, ('outer',))
+        a.send(Nested())
+        assert b.recv() == 'inner'
+        assert b.recv() == 'outer'
+        big = b'z' * (1 << 20)
+        a_t = in_thread(a.send, [big, big])
+        assert b.recv() == [big, big]
+        a_t.join()
+        a.close()
+        b.close()
+
     def test_wait_on_pipes(self, fd_guard):
         pairs = [connection.Pipe(duplex=False) for _ in range(5)]
         readers = [r for r, _ in pairs]
