@@ -119,6 +119,37 @@ class TestFraming:
         c.close()
         m.close()
 
+    def test_message_over_growth_limit(self, fd_guard):
+        # Bigger than what recv_bytes allocates up front (64 MiB): the
+        # buffer grows as data arrives.
+        a, b = socket.socketpair()
+        c1, c2 = _mpcore.Connection(a.detach()), _mpcore.Connection(b.detach())
+        msg = b'0123456789abcdef' * (5 << 20)     # 80 MiB
+        t = in_thread(c1.send_bytes, msg)
+        assert c2.recv_bytes() == msg
+        t.join()
+        c1.close()
+        c2.close()
+
+    @pytest.mark.parametrize('size', [1, 100, 1024, 1025, 5000])
+    def test_frame_arriving_in_pieces(self, size, fd_guard):
+        # Header and payload split across writes with pauses between:
+        # short reads at every point of the frame.
+        c, raw = raw_pair()
+        frame = struct.pack('!i', size) + os.urandom(size)
+
+        def dribble():
+            for cut in (2, 4, 5, 4 + size // 2, len(frame)):
+                raw.sendall(frame[dribble.pos:cut])
+                dribble.pos = max(dribble.pos, cut)
+                time.sleep(0.02)
+        dribble.pos = 0
+        t = in_thread(dribble)
+        assert c.recv_bytes() == frame[4:]
+        t.join()
+        c.close()
+        raw.close()
+
     def test_negative_header_is_an_error(self, fd_guard):
         c, raw = raw_pair()
         raw.sendall(struct.pack('!i', -7))
@@ -418,6 +449,20 @@ class TestEINTR:
         payload = os.urandom(300000)
         t = self._delayed_writer(raw, struct.pack('!i', len(payload)) + payload)
         assert c.recv_bytes() == payload
+        t.join()
+        assert len(alarm_spam) > 10
+        c.close()
+        raw.close()
+
+    def test_small_recv_survives_signals(self, alarm_spam, fd_guard):
+        c, raw = raw_pair()
+
+        def run():
+            for piece in (b'\x00\x00', b'\x00\x05', b'he', b'llo'):
+                time.sleep(0.1)
+                raw.sendall(piece)
+        t = in_thread(run)
+        assert c.recv_bytes() == b'hello'
         t.join()
         assert len(alarm_spam) > 10
         c.close()
