@@ -27,6 +27,7 @@ BUFSIZE = 8192
 CONNECTION_TIMEOUT = 20.
 
 _ForkingPickler = reduction.ForkingPickler
+_loads = _ForkingPickler.loads
 _mmap_counter = itertools.count()
 
 default_family = 'AF_UNIX'
@@ -85,7 +86,7 @@ class Connection(_mpcore.Connection):
 
     def recv(self):
         """Receive an object sent with send()."""
-        return _ForkingPickler.loads(self.recv_bytes())
+        return _loads(self.recv_bytes())
 
     def __enter__(self):
         return self

@@ -687,6 +687,13 @@ def child_write_to_received_fd(conn, data):
     os.close(fd)
 
 
+def child_use_passed_socket(conn):
+    sock = conn.recv()
+    sock.sendall(b'through a pickled socket')
+    sock.close()
+    conn.close()
+
+
 def child_send_some(w, n):
     for i in range(n):
         w.send((i, os.getpid()))
@@ -856,6 +863,20 @@ class TestProcesses:
         assert conn.recv() == 'foobar' * 2
         p.join(10)
         assert p.exitcode == 0
+        conn.close()
+
+    def test_pickle_socket_to_running_child(self, ctx):
+        conn, child_conn = ctx.Pipe()
+        p = ctx.Process(target=child_use_passed_socket, args=(child_conn,))
+        p.start()
+        child_conn.close()
+        a, b = socket.socketpair()
+        conn.send(b)
+        b.close()
+        assert a.recv(100) == b'through a pickled socket'
+        p.join(10)
+        assert p.exitcode == 0
+        a.close()
         conn.close()
 
     def test_send_handle(self, ctx, tmp_path):
