@@ -928,8 +928,21 @@ def test_resource_sharer_stop():
     unclaimed = resource_sharer.DupFd(a.fileno())
     before = open_fds()
     resource_sharer.stop(timeout=5)
-    assert resource_sharer._resource_sharer._thread is None
+    assert resource_sharer._resource_sharer._server is None
     # Its listener and the unclaimed duplicate are closed.
     assert open_fds() == before - 2
+    a.close()
+    b.close()
+
+
+def test_resource_sharer_ticket_is_single_use():
+    from multiprocessing_c import resource_sharer
+    a, b = connection.Pipe()
+    df = resource_sharer.DupFd(a.fileno())
+    fd = df.detach()
+    assert os.path.sameopenfile(fd, a.fileno())
+    os.close(fd)
+    with pytest.raises(EOFError):
+        df.detach()          # already claimed: refused, not hung
     a.close()
     b.close()
