@@ -79,7 +79,7 @@ def _kill_group(proc):
     proc.wait()
 
 
-def run_method(method, workdir, timeout=SUITE_TIMEOUT):
+def run_method(method, workdir, timeout=SUITE_TIMEOUT, never_run=()):
     """Run the suite for `method`, resuming after any test that hangs or
     kills its interpreter; return {'status', 'outcomes': {id: [outcome,
     detail]}}."""
@@ -90,7 +90,7 @@ def run_method(method, workdir, timeout=SUITE_TIMEOUT):
     outcomes, status = {}, 'ran'
     while True:
         with open(os.path.join(workdir, 'skip.txt'), 'w') as f:
-            f.write('\n'.join(outcomes))
+            f.write('\n'.join(list(outcomes) + list(never_run)))
         with open(log_path, 'a') as log:
             proc = subprocess.Popen(_child_cmd(method, workdir), cwd=workdir,
                                     env=suite_env(), stdin=subprocess.DEVNULL,
@@ -140,7 +140,8 @@ def run_method(method, workdir, timeout=SUITE_TIMEOUT):
 class SuiteRuns:
     """One background run per start method, started together on first use."""
 
-    def __init__(self):
+    def __init__(self, never_run=lambda method: ()):
+        self.never_run = never_run
         self.workdir = os.path.join(WORKROOT, 'run')
         self.wanted = set()
         self.results = {}
@@ -149,7 +150,8 @@ class SuiteRuns:
 
     def _start(self, method):
         def work():
-            result = run_method(method, os.path.join(self.workdir, method))
+            result = run_method(method, os.path.join(self.workdir, method),
+                                never_run=self.never_run(method))
             self.results[method] = result
             dump = os.environ.get('MPC_CONFORMANCE_JSON')
             if dump:

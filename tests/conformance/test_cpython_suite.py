@@ -23,6 +23,7 @@ def available_methods():
     return [m for m in ALL_METHODS if m in multiprocessing_c.get_all_start_methods()]
 
 
+@functools.lru_cache()
 def load_known_failures():
     """{(method, test_id): reason}; method '*' stands for every method."""
     known = {}
@@ -36,6 +37,13 @@ def load_known_failures():
             method, test_id, reason = line.split(None, 2)
             known[(method, test_id)] = reason
     return known
+
+
+def hanging_tests(method):
+    """Known tests that hang under `method`: never run, to save the
+    watchdog's wait in every run."""
+    return {test_id for (m, test_id), reason in load_known_failures().items()
+            if m in (method, '*') and reason.startswith('hangs:')}
 
 
 @functools.lru_cache()
@@ -63,10 +71,11 @@ def collect():
             continue
         for test_id in listing['tests']:
             reason = known.get((method, test_id)) or known.get(('*', test_id))
-            # 'flaky: ...' reasons may pass now and then; the others must fail.
-            marks = [pytest.mark.xfail(reason=reason,
-                                       strict=not reason.startswith('flaky'))
-                     ] if reason else []
+            # 'flaky:' and 'untriaged:' tests may pass now and then; the
+            # others must fail.  'hangs:' tests are not run at all.
+            strict = not reason.startswith(('flaky:', 'untriaged:', 'hangs:')) \
+                if reason else True
+            marks = [pytest.mark.xfail(reason=reason, strict=strict)] if reason else []
             cases.append(pytest.param(method, test_id, marks=marks,
                                       id='%s:%s' % (method, test_id)))
     return cases
@@ -82,6 +91,9 @@ def test_cpython(suite_runs, suite_method, test_id):
             pytest.skip("CPython's suite imports every submodule at once; "
                         'multiprocessing_c does not provide %s yet' % ', '.join(missing))
         pytest.fail('the suite could not be loaded:\n' + status)
+    if test_id in hanging_tests(suite_method):
+        pytest.xfail('not run: ' + load_known_failures().get(
+            (suite_method, test_id)) or load_known_failures()[('*', test_id)])
     result = suite_runs.get(suite_method)
     if test_id not in result['outcomes']:
         pytest.fail('no outcome for %s (run status: %s)' % (test_id, result['status'][:3000]))
