@@ -23,7 +23,6 @@ NOT_YET = {
     'shared_memory': 'issue 7', 'resource_tracker': 'issue 7',
     'forkserver': 'issue 8', 'popen_forkserver': 'issue 8',
     'managers': 'issue 9',
-    'pool': 'issue 10', 'dummy': 'issue 10',
 }
 
 # Names still missing from submodules we have, likewise shrinking.
