@@ -111,5 +111,6 @@ int mp_spawn_init(PyObject *module, mp_state *st);
 int mp_connection_init(PyObject *module, mp_state *st);
 int mp_wait_init(PyObject *module, mp_state *st);
 int mp_fdpass_init(PyObject *module, mp_state *st);
+int mp_semaphore_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */
