@@ -258,6 +258,10 @@ class ApplyResult:
     def _set(self, i, obj):
         self._finish(*obj)
 
+    def _start(self, i):
+        # Called as its task goes to a worker: False skips the task.
+        return True
+
     def _abort(self, exc):
         if not self._event.is_set():
             self._finish(False, exc)
@@ -379,6 +383,9 @@ class IMapIterator:
         if self._ordered:
             return self._chunks.pop(self._index, None)
         return self._chunks.popleft() if self._chunks else None
+
+    def _start(self, i):
+        return True
 
     def _has_next(self):
         if self._ordered:
@@ -939,26 +946,37 @@ class _ProcessDispatcher:
         for r in self._records:
             if not r.ready or r.task is not None or r.retiring or r.conn is None:
                 continue
+            if not self._feed(r):
+                return
+
+    def _feed(self, rec):
+        # Give `rec` its next task; False when there is none left.
+        while True:
             task = self._next_task()
             if task is None:
-                return
-            self._send(r, task)
+                return False
+            if self._send(rec, task):
+                return True
 
     def _send(self, rec, task):
+        # True once `rec` holds a task (or cannot take one any more).
         result, i, data, timeout = task
         if self._broken is not None:
             result._set(i, (False, self._broken))
-            return
+            return False
+        if not result._start(i):
+            return False         # cancelled meanwhile (executors)
         try:
             rec.conn.send_bytes(data)
         except OSError:
             # Never delivered, so never started: someone else runs it.
             self._retry.appendleft(task)
             rec.ready = False
-            return
+            return True
         rec.task = (result, i)
         rec.timeout = timeout
         rec.deadline = None if timeout is None else time.monotonic() + timeout
+        return True
 
     def _on_readable(self, rec):
         try:
@@ -968,9 +986,7 @@ class _ProcessDispatcher:
             return
         self._on_message(rec, data)
         if rec.ready and rec.task is None and not rec.retiring:
-            task = self._next_task()
-            if task is not None:
-                self._send(rec, task)
+            self._feed(rec)
 
     def _on_message(self, rec, data):
         job, i = _HEADER.unpack_from(data)
