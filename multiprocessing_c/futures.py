@@ -110,11 +110,9 @@ class _ExecutorDispatcher(_pool._ProcessDispatcher):
         super()._break(self.broken_from(exc))
         self._terminating = True
 
-    def _reap(self, rec):
-        task = rec.task
-        super()._reap(rec)
-        if task is not None and not self._terminating:
-            self._break(_pool._lost(rec.process.pid, rec.process.exitcode))
+    def _after_loss(self, pid, exitcode):
+        if not self._terminating:
+            self._break(_pool._lost(pid, exitcode))
 
 
 class ProcessPoolExecutor(_base.Executor):

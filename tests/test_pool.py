@@ -664,3 +664,28 @@ def test_threadpool_refuses_task_timeout():
         with pytest.raises(ValueError):
             p.apply_async(sqr, (1,), timeout=1)
     p.join()
+
+
+def test_task_queued_behind_a_dying_one_still_runs(ctx):
+    # A worker may hold a second small task in its pipe; if it dies, that
+    # task never started and runs elsewhere instead of being lost.
+    with ctx.Pool(1) as p:
+        p.apply(sqr, (1,))
+        doomed = p.apply_async(exit_now, (5,))
+        queued = [p.apply_async(sqr, (i,)) for i in range(3)]
+        with pytest.raises(WorkerLostError):
+            doomed.get(timeout=20)
+        assert [r.get(timeout=20) for r in queued] == [0, 1, 4]
+    p.join()
+
+
+def test_large_tasks_and_results_both_ways(ctx):
+    # Big messages in both directions at once must not deadlock the
+    # handler and a worker against each other.
+    big = b'x' * 300000
+    with ctx.Pool(2) as p:
+        out = p.map(identity, [big] * 12, chunksize=1)
+        assert out == [big] * 12
+        rs = [p.apply_async(identity, (big + bytes([i]),)) for i in range(8)]
+        assert [r.get(timeout=20)[-1] for r in rs] == list(range(8))
+    p.join()
