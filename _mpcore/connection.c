@@ -15,6 +15,8 @@
 
 #include <limits.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -23,6 +25,7 @@ typedef struct {
     int fd;                 /* -1 once closed */
     char readable;
     char writable;
+    char is_socket;         /* fd is a socket: MSG_DONTWAIT fast paths */
 } ConnObject;
 
 #define Conn_CAST(op) ((ConnObject *)(op))
@@ -373,6 +376,14 @@ conn_buffer_too_short(PyObject *msg)
     return NULL;
 }
 
+/* Whether fd is a socket (false if it cannot be told). */
+static char
+conn_fd_is_socket(int fd)
+{
+    struct stat st;
+    return (char)(fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode));
+}
+
 /* ------------------------------------------------------------------ */
 /* Type slots */
 
@@ -399,6 +410,7 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->fd = fd;
     self->readable = (char)readable;
     self->writable = (char)writable;
+    self->is_socket = conn_fd_is_socket(fd);
     return (PyObject *)self;
 }
 
@@ -490,7 +502,34 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     iov[1].iov_len = (size_t)size;
     /* A Connection closed by another thread meanwhile fails with EBADF
      * at worst: self->fd is read once, under the GIL. */
-    int rc = conn_writev_all(self->fd, iov, size ? 2 : 1);
+    int fd = self->fd, iovcnt = size ? 2 : 1;
+    struct iovec *iovp = iov;
+    if (self->is_socket) {
+        /* Try first without blocking and without releasing the GIL:
+         * a small message usually fits in the socket buffer, and giving
+         * up the GIL can cost a thread switch to get it back. */
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)iovcnt;
+        ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT);  /* cpylint-ignore: never blocks */
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            mp_set_oserror(errno);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        size_t done = n > 0 ? (size_t)n : 0;
+        while (iovcnt > 0 && done >= iovp->iov_len) {
+            done -= iovp->iov_len;
+            iovp++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iovp->iov_base = (char *)iovp->iov_base + done;
+            iovp->iov_len -= done;
+        }
+    }
+    int rc = iovcnt ? conn_writev_all(fd, iovp, iovcnt) : 0;
     PyBuffer_Release(&view);
     if (rc < 0)
         return NULL;
@@ -542,19 +581,42 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     int32_t len = -1;
     int err;
     int fd = self->fd;
-    Py_BEGIN_ALLOW_THREADS
-    n1 = read(fd, hdr, 4);
-    err = errno;
-    if (n1 == 4) {
-        len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
-                        ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
-        if (len >= 0 && len <= SMALL_FRAME &&
-                (maxlength < 0 || len <= maxlength)) {
-            n2 = len ? read(fd, small, (size_t)len) : 0;
-            err = errno;
+    n1 = -1;
+    err = EAGAIN;
+    if (self->is_socket) {
+        /* First without blocking and with the GIL held (see send_bytes):
+         * a message that is already there costs no GIL round trip. */
+        n1 = recv(fd, hdr, 4, MSG_DONTWAIT);   /* cpylint-ignore: never blocks */
+        err = errno;
+        if (n1 == 4) {
+            len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
+                            ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
+            if (len >= 0 && len <= SMALL_FRAME &&
+                    (maxlength < 0 || len <= maxlength)) {
+                n2 = len ? recv(fd, small, (size_t)len, MSG_DONTWAIT) : 0;  /* cpylint-ignore */
+                err = errno;
+                if (n2 < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+                    n2 = -1;
+                    err = EAGAIN;       /* nothing of the payload yet */
+                }
+            }
         }
     }
-    Py_END_ALLOW_THREADS
+    if (n1 < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        n1 = read(fd, hdr, 4);
+        err = errno;
+        if (n1 == 4) {
+            len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
+                            ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
+            if (len >= 0 && len <= SMALL_FRAME &&
+                    (maxlength < 0 || len <= maxlength)) {
+                n2 = len ? read(fd, small, (size_t)len) : 0;
+                err = errno;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
     if (n2 >= 0 && n2 == len)
         return PyBytes_FromStringAndSize(small, len);
     if (n1 < 4) {
@@ -578,10 +640,11 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
         }
     }
     else if (n2 == -1) {
-        /* The payload read failed before taking anything. */
-        if (err != EINTR)
+        /* The payload read took nothing: failed, interrupted, or (when
+         * not blocking) nothing there yet. */
+        if (err != EINTR && err != EAGAIN)
             return mp_set_oserror(err);
-        if (PyErr_CheckSignals() < 0)
+        if (err == EINTR && PyErr_CheckSignals() < 0)
             return NULL;
         return conn_read_payload(self, (uint64_t)len);
     }
@@ -789,6 +852,7 @@ conn_set_handle(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
         return -1;
     }
     self->fd = (int)fd;
+    self->is_socket = conn_fd_is_socket((int)fd);
     return 0;
 }
 
