@@ -26,6 +26,9 @@ typedef struct {
     char readable;
     char writable;
     char is_socket;         /* fd is a socket: MSG_DONTWAIT fast paths */
+    unsigned char recv_skip;    /* recv_bytes calls left before retrying
+                                 * the non-blocking read after a miss */
+    unsigned char recv_backoff; /* the current length of that pause */
 } ConnObject;
 
 #define Conn_CAST(op) ((ConnObject *)(op))
@@ -583,11 +586,25 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     int fd = self->fd;
     n1 = -1;
     err = EAGAIN;
-    if (self->is_socket) {
+    if (self->is_socket && self->recv_skip > 0) {
+        self->recv_skip--;
+    }
+    else if (self->is_socket) {
         /* First without blocking and with the GIL held (see send_bytes):
-         * a message that is already there costs no GIL round trip. */
+         * a message that is already there costs no GIL round trip.  In
+         * ping-pong traffic the message is rarely there yet, so after a
+         * miss the next few calls skip the attempt (doubling, up to 32). */
         n1 = recv(fd, hdr, 4, MSG_DONTWAIT);   /* cpylint-ignore: never blocks */
         err = errno;
+        if (n1 < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+            self->recv_backoff = self->recv_backoff ? self->recv_backoff * 2 : 1;
+            if (self->recv_backoff > 32)
+                self->recv_backoff = 32;
+            self->recv_skip = self->recv_backoff;
+        }
+        else {
+            self->recv_backoff = 0;
+        }
         if (n1 == 4) {
             len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
                             ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
