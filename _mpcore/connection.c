@@ -170,6 +170,14 @@ conn_read_full(int fd, char *buf, size_t len)
     return (Py_ssize_t)got;
 }
 
+/* The signed big-endian 32-bit value at p (a short frame header). */
+static inline int32_t
+conn_be32(const unsigned char *p)
+{
+    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+                     ((uint32_t)p[2] << 8) | (uint32_t)p[3]);
+}
+
 static PyObject *
 conn_truncated(uint64_t got, uint64_t want)
 {
@@ -197,8 +205,7 @@ conn_finish_header(ConnObject *self, unsigned char *hdr, Py_ssize_t have,
         conn_truncated((uint64_t)n, 4);
         return -1;
     }
-    int32_t len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
-                            ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
+    int32_t len = conn_be32(hdr);
     if (len >= 0) {
         *size = (uint64_t)len;
         return 1;
@@ -575,17 +582,18 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     if (conn_check_readable(self) < 0)
         return NULL;
 
-    /* Fast path: header and a small payload in one GIL release, read
-     * exactly (never past the frame).  Whatever it leaves undone (a short
-     * read, EINTR, a large frame) the general code below finishes. */
+    /* Fast path: the header and a payload of up to SMALL_FRAME bytes,
+     * read exactly (never past the frame), first without blocking under
+     * the GIL (sockets only), else in one GIL release.  Whatever it
+     * leaves undone (a short read, EINTR, a large frame) the general
+     * code below finishes.  n1/n2: results of the header and payload
+     * reads (n2 == -2: payload not attempted). */
     unsigned char hdr[8];
     char small[SMALL_FRAME];
-    ssize_t n1, n2 = -2;
+    ssize_t n1 = -1, n2 = -2;
     int32_t len = -1;
-    int err;
+    int err = EAGAIN;
     int fd = self->fd;
-    n1 = -1;
-    err = EAGAIN;
     if (self->is_socket && self->recv_skip > 0) {
         self->recv_skip--;
     }
@@ -606,8 +614,7 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
             self->recv_backoff = 0;
         }
         if (n1 == 4) {
-            len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
-                            ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
+            len = conn_be32(hdr);
             if (len >= 0 && len <= SMALL_FRAME &&
                     (maxlength < 0 || len <= maxlength)) {
                 n2 = len ? recv(fd, small, (size_t)len, MSG_DONTWAIT) : 0;  /* cpylint-ignore */
@@ -624,8 +631,7 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
         n1 = read(fd, hdr, 4);
         err = errno;
         if (n1 == 4) {
-            len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
-                            ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
+            len = conn_be32(hdr);
             if (len >= 0 && len <= SMALL_FRAME &&
                     (maxlength < 0 || len <= maxlength)) {
                 n2 = len ? read(fd, small, (size_t)len) : 0;
