@@ -450,7 +450,7 @@ conn_dealloc(PyObject *op)
 /* Methods */
 
 PyDoc_STRVAR(conn_send_bytes__doc__,
-"send_bytes(buf, offset=0, size=None)\n--\n\n"
+"send_bytes($self, buf, offset=0, size=None)\n--\n\n"
 "Send the bytes of the bytes-like object `buf` as one message; `offset`\n"
 "and `size` (in bytes) select a slice of it.");
 
@@ -551,7 +551,7 @@ fail:
 }
 
 PyDoc_STRVAR(conn_recv_bytes__doc__,
-"recv_bytes(maxlength=None)\n--\n\n"
+"recv_bytes($self, maxlength=None)\n--\n\n"
 "Receive one message as bytes, blocking until it arrives.  Raises\n"
 "EOFError when the other end closed at a message boundary, and OSError\n"
 "if the message is longer than `maxlength` (the connection then stops\n"
@@ -695,7 +695,7 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
 }
 
 PyDoc_STRVAR(conn_recv_bytes_into__doc__,
-"recv_bytes_into(buf, offset=0)\n--\n\n"
+"recv_bytes_into($self, buf, offset=0)\n--\n\n"
 "Receive one message into the writable buffer `buf`, starting `offset`\n"
 "bytes in, and return its length in bytes.  If it does not fit, raise\n"
 "BufferTooShort with the whole message as args[0].");
@@ -758,7 +758,7 @@ done:
 }
 
 PyDoc_STRVAR(conn_poll__doc__,
-"poll(timeout=0.0)\n--\n\n"
+"poll($self, timeout=0.0)\n--\n\n"
 "Return whether there is data to read, waiting up to `timeout` seconds\n"
 "(None: forever).  End of file counts as readable.");
 
@@ -805,7 +805,7 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
 }
 
 PyDoc_STRVAR(conn_fileno__doc__,
-"fileno()\n--\n\n"
+"fileno($self)\n--\n\n"
 "Return the file descriptor of the connection.");
 
 static PyObject *
@@ -820,7 +820,7 @@ conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(conn_close__doc__,
-"close()\n--\n\n"
+"close($self)\n--\n\n"
 "Close the connection; closing it again does nothing.");
 
 static PyObject *
