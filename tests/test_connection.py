@@ -119,6 +119,28 @@ class TestFraming:
         c.close()
         m.close()
 
+    @pytest.mark.parametrize('kind', ['socket', 'pipe'])
+    @pytest.mark.parametrize('first', [0, 10, 1024, 1025, 70000])
+    def test_never_reads_past_the_frame(self, kind, first, fd_guard):
+        # Several processes may share a read end: recv_bytes must leave
+        # the next frame untouched in the kernel.
+        if kind == 'socket':
+            a, b = socket.socketpair()
+            rfd, wfd = a.detach(), b.detach()
+        else:
+            rfd, wfd = os.pipe()
+        second = struct.pack('!i', 3) + b'two'
+        data = struct.pack('!i', first) + b'1' * first + second
+        t = in_thread(lambda: os.write(wfd, data) if len(data) < 4096
+                      else [os.write(wfd, data[i:i + 4096])
+                            for i in range(0, len(data), 4096)])
+        c = _mpcore.Connection(rfd)
+        assert c.recv_bytes() == b'1' * first
+        t.join()
+        assert os.read(rfd, 100) == second
+        c.close()
+        os.close(wfd)
+
     def test_message_over_growth_limit(self, fd_guard):
         # Bigger than what recv_bytes allocates up front (64 MiB): the
         # buffer grows as data arrives.
