@@ -696,7 +696,6 @@ class TestStdlibInterop:
 # ------------------------------------------------- the Python-level API
 
 from multiprocessing_c import connection, reduction    # noqa: E402
-import multiprocessing_c                                # noqa: E402
 
 
 def child_echo(conn):
