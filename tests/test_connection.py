@@ -381,7 +381,7 @@ class TestPoll:
         t0 = time.monotonic()
         assert c.poll() is False
         assert c.poll(-1) is False
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 3
         t0 = time.monotonic()
         assert c.poll(0.2) is False
         assert time.monotonic() - t0 >= 0.2
@@ -436,7 +436,7 @@ class TestWait:
         assert time.monotonic() - t0 >= 0.2
         t0 = time.monotonic()
         assert _mpcore.wait([a], timeout=-1) == []
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 3
         b.close()
         assert _mpcore.wait([a]) == [a]
         a.close()
@@ -527,7 +527,7 @@ class TestEINTR:
         assert c.poll(0.3) is False
         assert _mpcore.wait([c], 0.3) == []
         # Retries recompute the remaining time: no drift past the deadline.
-        assert 0.6 <= time.monotonic() - t0 < 3
+        assert 0.6 <= time.monotonic() - t0 < 10
         t = self._delayed_writer(raw, b'\x00\x00\x00\x00', 0.2)
         assert c.poll(None) is True
         assert _mpcore.wait([c]) == [c]
