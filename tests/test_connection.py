@@ -119,6 +119,28 @@ class TestFraming:
         c.close()
         m.close()
 
+    @pytest.mark.parametrize('kind', ['socket', 'pipe'])
+    @pytest.mark.parametrize('first', [0, 10, 1024, 1025, 70000])
+    def test_never_reads_past_the_frame(self, kind, first, fd_guard):
+        # Several processes may share a read end: recv_bytes must leave
+        # the next frame untouched in the kernel.
+        if kind == 'socket':
+            a, b = socket.socketpair()
+            rfd, wfd = a.detach(), b.detach()
+        else:
+            rfd, wfd = os.pipe()
+        second = struct.pack('!i', 3) + b'two'
+        data = struct.pack('!i', first) + b'1' * first + second
+        t = in_thread(lambda: os.write(wfd, data) if len(data) < 4096
+                      else [os.write(wfd, data[i:i + 4096])
+                            for i in range(0, len(data), 4096)])
+        c = _mpcore.Connection(rfd)
+        assert c.recv_bytes() == b'1' * first
+        t.join()
+        assert os.read(rfd, 100) == second
+        c.close()
+        os.close(wfd)
+
     def test_message_over_growth_limit(self, fd_guard):
         # Bigger than what recv_bytes allocates up front (64 MiB): the
         # buffer grows as data arrives.
@@ -279,6 +301,18 @@ class TestFraming:
 
 class TestConnectionObject:
 
+    def test_signatures(self):
+        import inspect
+        sig = lambda f: list(inspect.signature(f).parameters)
+        assert sig(_mpcore.Connection) == ['handle', 'readable', 'writable']
+        assert sig(_mpcore.Connection.send_bytes) == ['self', 'buf', 'offset', 'size']
+        assert sig(_mpcore.Connection.recv_bytes) == ['self', 'maxlength']
+        assert sig(_mpcore.Connection.recv_bytes_into) == ['self', 'buf', 'offset']
+        assert sig(_mpcore.Connection.poll) == ['self', 'timeout']
+        assert sig(_mpcore.wait) == ['object_list', 'timeout']
+        assert sig(_mpcore.sendfds) == ['sock', 'fds']
+        assert sig(_mpcore.recvfds) == ['sock', 'n']
+
     def test_constructor_checks(self):
         with pytest.raises(ValueError, match='invalid handle'):
             _mpcore.Connection(-1)
@@ -347,7 +381,7 @@ class TestPoll:
         t0 = time.monotonic()
         assert c.poll() is False
         assert c.poll(-1) is False
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 3
         t0 = time.monotonic()
         assert c.poll(0.2) is False
         assert time.monotonic() - t0 >= 0.2
@@ -402,7 +436,7 @@ class TestWait:
         assert time.monotonic() - t0 >= 0.2
         t0 = time.monotonic()
         assert _mpcore.wait([a], timeout=-1) == []
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 3
         b.close()
         assert _mpcore.wait([a]) == [a]
         a.close()
@@ -493,7 +527,7 @@ class TestEINTR:
         assert c.poll(0.3) is False
         assert _mpcore.wait([c], 0.3) == []
         # Retries recompute the remaining time: no drift past the deadline.
-        assert 0.6 <= time.monotonic() - t0 < 3
+        assert 0.6 <= time.monotonic() - t0 < 10
         t = self._delayed_writer(raw, b'\x00\x00\x00\x00', 0.2)
         assert c.poll(None) is True
         assert _mpcore.wait([c]) == [c]
@@ -662,7 +696,6 @@ class TestStdlibInterop:
 # ------------------------------------------------- the Python-level API
 
 from multiprocessing_c import connection, reduction    # noqa: E402
-import multiprocessing_c                                # noqa: E402
 
 
 def child_echo(conn):
