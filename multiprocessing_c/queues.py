@@ -47,6 +47,19 @@ except ImportError:  # pragma: no cover - the foundation provides it
 
 __all__ = ['Queue', 'SimpleQueue', 'JoinableQueue']
 
+import pickle as _pickle
+
+# Objects of these exact types never reach a pickler's dispatch table
+# (the C pickler writes them itself), so plain pickle.dumps gives the same
+# bytes as ForkingPickler.dumps without building a pickler per item.
+_ATOMIC_TYPES = frozenset([int, float, str, bytes, bool, type(None)])
+
+
+def _dumps(obj, _atomic=_ATOMIC_TYPES, _plain=_pickle.dumps):
+    if type(obj) in _atomic:
+        return _plain(obj)
+    return _ForkingPickler.dumps(obj)
+
 _SEM_VALUE_MAX = _mpcore.SemLock.SEM_VALUE_MAX
 _HEADER = struct.Struct('!i')
 _BIG_HEADER = struct.Struct('!iQ')
@@ -216,6 +229,15 @@ def _pipe():
 _STOP = object()
 
 
+class _FeedState(object):
+    """Shared by a queue's putters and its feeder thread, under _tlock."""
+    __slots__ = ('busy', 'holding')
+
+    def __init__(self):
+        self.busy = False       # the feeder is writing a batch
+        self.holding = False    # a put left _wlock held mid-frame for it
+
+
 def _fileno_or_none(end):
     try:
         return end.fileno()
@@ -262,9 +284,7 @@ class Queue(object):
         self._tlock = threading.Lock()
         self._notempty = threading.Condition(self._tlock)
         self._buffer = collections.deque()
-        # True while the feeder owns a _wlock acquired by a put that could
-        # write only part of its frame.
-        self._holding_wlock = False
+        self._feedstate = _FeedState()
         self._thread = None
         self._jointhread = None
         self._joincancelled = False
@@ -282,7 +302,7 @@ class Queue(object):
         if not self._sem.acquire(block, timeout):
             raise Full
         try:
-            data = _ForkingPickler.dumps(obj)
+            data = _dumps(obj)
         except Exception as e:
             # Reported as the stdlib's feeder thread reports it, but here,
             # while the caller's frame is still on the stack.
@@ -300,10 +320,17 @@ class Queue(object):
 
     def _send(self, parts):
         """Write one frame now, or queue it behind earlier ones."""
+        state = self._feedstate
         with self._tlock:
-            if not self._buffer and self._wlock.acquire(False):
+            if not self._buffer and not state.busy and self._wlock.acquire(False):
                 try:
-                    n = os.writev(self._writer_fd, parts)
+                    if len(parts) == 1:
+                        n = os.write(self._writer_fd, parts[0])
+                        if n == len(parts[0]):
+                            self._wlock.release()
+                            return
+                    else:
+                        n = os.writev(self._writer_fd, parts)
                 except BlockingIOError:
                     n = 0
                 except BrokenPipeError:
@@ -320,22 +347,28 @@ class Queue(object):
                     return
                 if n:
                     # Part of the frame is in the pipe: keep the write lock
-                    # so no other writer splits it, and let the feeder
-                    # finish the frame and release the lock.
-                    self._holding_wlock = True
+                    # so no other writer splits it; the feeder finishes the
+                    # frame and releases the lock.
+                    state.holding = True
                 else:
                     self._wlock.release()
                 parts = rest
+            # The feeder only sleeps on an empty buffer: wake it then only.
+            wake = not self._buffer
             self._buffer.append(parts)
             if self._thread is None:
                 self._start_thread()
-            self._notempty.notify()
+            elif wake:
+                self._notempty.notify()
 
     def _start_thread(self):
         # Called with _tlock held.
         debug('Queue._start_thread()')
         self._thread = threading.Thread(
-            target=Queue._feed, args=(weakref.ref(self),),
+            target=Queue._feed,
+            args=(self._buffer, self._notempty, self._feedstate,
+                  self._writer_fd, self._wlock, self._reader, self._writer,
+                  self._ignore_epipe),
             name='QueueFeederThread', daemon=True)
         self._thread.start()
         if not self._joincancelled:
@@ -348,38 +381,29 @@ class Queue(object):
             exitpriority=10)
 
     @staticmethod
-    def _feed(queue_ref):
-        """Feeder thread: write buffered frames in order."""
-        q = queue_ref()
-        if q is None:
-            return
-        buffer, notempty, fd, wlock = q._buffer, q._notempty, q._writer_fd, q._wlock
-        writer, reader = q._writer, q._reader
-        ignore_epipe = q._ignore_epipe
-        del q
-        while True:
+    def _feed(buffer, notempty, state, fd, wlock, reader, writer, ignore_epipe):
+        """Feeder thread: write buffered frames in order, each batch in one
+        write while holding the write lock once."""
+        stop = False
+        while not stop:
             with notempty:
                 while not buffer:
                     notempty.wait()
-                parts = buffer[0]
-                if parts is _STOP:
-                    buffer.popleft()
-                    break
-                q = queue_ref()
-                holding = q is not None and q._holding_wlock
-                del q
+                batch = list(buffer)
+                buffer.clear()
+                # Puts arriving while we write must queue behind the batch.
+                state.busy = True
+                holding, state.holding = state.holding, False
+            if any(b is _STOP for b in batch):
+                stop = True
+                batch = [b for b in batch if b is not _STOP]
             try:
-                if not holding:
-                    wlock.acquire()
-                try:
-                    _write_all(fd, parts)
-                finally:
-                    with notempty:
-                        q = queue_ref()
-                        if q is not None:
-                            q._holding_wlock = False
-                        del q
-                    wlock.release()
+                if batch:
+                    blob = b''.join([p for parts in batch for p in parts])
+                    if not holding:
+                        wlock.acquire()
+                        holding = True
+                    _write_all(fd, [blob])
             except Exception as e:
                 if ignore_epipe and isinstance(e, BrokenPipeError):
                     pass
@@ -388,8 +412,12 @@ class Queue(object):
                 else:
                     import traceback
                     traceback.print_exc()
-            with notempty:
-                buffer.popleft()
+            finally:
+                if holding:
+                    wlock.release()
+                    holding = False
+                with notempty:
+                    state.busy = False
         # close() was called and everything before it is written.
         debug('feeder thread got sentinel -- exiting')
         for end in (writer, reader):
@@ -522,7 +550,7 @@ class JoinableQueue(Queue):
         if not self._sem.acquire(block, timeout):
             raise Full
         try:
-            data = _ForkingPickler.dumps(obj)
+            data = _dumps(obj)
         except Exception as e:
             self._sem.release()
             self._on_queue_feeder_error(e, obj)
@@ -584,7 +612,7 @@ class SimpleQueue(object):
 
     def put(self, obj):
         # Pickled outside the lock; an unpicklable object raises here.
-        parts = _frame_parts(_ForkingPickler.dumps(obj))
+        parts = _frame_parts(_dumps(obj))
         with self._wlock:
             _write_all(self._writer.fileno(), parts)
 
