@@ -21,15 +21,31 @@ RECURSIVE_MUTEX, SEMAPHORE = 0, 1
 
 
 def _sem_files():
-    return set(glob.glob("/dev/shm/sem.*"))
+    # Only what this test process names: other processes on the machine
+    # create and remove semaphores of their own meanwhile.
+    return set(glob.glob("/dev/shm/sem.mpc-test-*-%d-*" % os.getpid()))
 
 
 @pytest.fixture
-def no_sem_leak():
+def no_sem_leak(monkeypatch):
+    """Fail if a semaphore this test named is still in /dev/shm after it."""
+    from multiprocessing_c import synchronize
+    created = []
+    make_name = synchronize.SemLock._make_name
+
+    def recording_make_name():
+        name = make_name()
+        created.append(name)
+        return name
+
+    monkeypatch.setattr(synchronize.SemLock, '_make_name',
+                        staticmethod(recording_make_name))
     before = _sem_files()
-    yield
+    yield created
     gc.collect()        # named semaphores go when their creator drops them
     leaked = _sem_files() - before
+    leaked |= set(n for n in created
+                  if os.path.exists('/dev/shm/sem.' + n.lstrip('/')))
     assert not leaked, f"semaphores left behind: {sorted(leaked)}"
 
 
@@ -784,9 +800,9 @@ class TestAcrossProcesses:
 class TestNamesAndLeaks:
     def test_fork_context_leaves_no_names(self, no_sem_leak):
         ctx = multiprocessing_c.get_context('fork')
-        before = _sem_files()
         objs = [ctx.Lock(), ctx.RLock(), ctx.Condition(), ctx.Event(), ctx.Barrier(2)]
-        assert _sem_files() == before
+        assert no_sem_leak and not any(
+            os.path.exists('/dev/shm/sem.' + n.lstrip('/')) for n in no_sem_leak)
         assert all(o._semlock.name is None
                    for o in objs[:2])
         del objs
