@@ -7,9 +7,11 @@ as connection objects too.
 
 Data path of Queue.put (DESIGN.md: "a put that has returned should be
 delivered, or fail in the caller"): the object is pickled in the caller,
-so a pickling error is known at once, and the frame is written straight
-into the pipe with one non-blocking write while the caller holds the
-cross-process write lock.  Only when that cannot complete (the pipe is
+so a pickling error is known at once, and one C call
+(_mpcore.queue_send) takes the cross-process write lock and writes the
+frame straight into the pipe with one non-blocking write.  get() is one
+C call too (_mpcore.queue_recv): read lock, wait with the GIL released,
+the whole frame, the size counter.  Only when that cannot complete (the pipe is
 full, or another process is writing) do the remaining bytes go to a
 per-queue buffer drained by a feeder thread, which keeps puts
 non-blocking as the stdlib's are; later puts of this process queue up
@@ -31,6 +33,7 @@ import weakref
 from queue import Empty, Full
 
 from . import _mpcore, context, util
+from ._mpcore import queue_recv as _queue_recv, queue_send as _queue_send
 from .util import Finalize, debug, info, is_exiting, register_after_fork
 
 try:
@@ -77,6 +80,11 @@ def _frame_parts(data):
             return [_HEADER.pack(n) + bytes(data)]
         return [_HEADER.pack(n), data]
     return [_BIG_HEADER.pack(-1, n), data]
+
+
+def _frame_size(data):
+    n = len(data)
+    return n + (4 if n < _BIG else 12)
 
 
 def _skip(parts, n):
@@ -310,7 +318,7 @@ class Queue(object):
             self._on_queue_feeder_error(e, obj)
             return
         try:
-            self._send(_frame_parts(data))
+            self._send(data)
         except BaseException:
             self._sem.release()
             raise
@@ -318,41 +326,29 @@ class Queue(object):
     def put_nowait(self, obj):
         return self.put(obj, False)
 
-    def _send(self, parts):
+    def _send(self, data):
         """Write one frame now, or queue it behind earlier ones."""
         state = self._feedstate
         with self._tlock:
-            if not self._buffer and not state.busy and self._wlock.acquire(False):
+            if not self._buffer and not state.busy:
                 try:
-                    if len(parts) == 1:
-                        n = os.write(self._writer_fd, parts[0])
-                        if n == len(parts[0]):
-                            self._wlock.release()
-                            return
-                    else:
-                        n = os.writev(self._writer_fd, parts)
-                except BlockingIOError:
-                    n = 0
+                    n = _queue_send(self._writer_fd, self._wlock._semlock,
+                                    data, False)
                 except BrokenPipeError:
-                    self._wlock.release()
                     if self._ignore_epipe:
                         return
                     raise
-                except BaseException:
-                    self._wlock.release()
-                    raise
-                rest = _skip(parts, n)
-                if not rest:
-                    self._wlock.release()
+                if n > 0 and n == _frame_size(data):
                     return
-                if n:
-                    # Part of the frame is in the pipe: keep the write lock
-                    # so no other writer splits it; the feeder finishes the
-                    # frame and releases the lock.
+                parts = _frame_parts(data)
+                if n > 0:
+                    # Part of the frame is in the pipe and _wlock is still
+                    # held, so no other writer splits it; the feeder
+                    # finishes the frame and releases the lock.
                     state.holding = True
-                else:
-                    self._wlock.release()
-                parts = rest
+                    parts = _skip(parts, n)
+            else:
+                parts = _frame_parts(data)
             # The feeder only sleeps on an empty buffer: wake it then only.
             wake = not self._buffer
             self._buffer.append(parts)
@@ -457,25 +453,12 @@ class Queue(object):
     def get(self, block=True, timeout=None):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        if block and timeout is None:
-            with self._rlock:
-                data = _read_frame(self._reader_fd)
-                self._sem.release()
-        else:
-            if block:
-                deadline = time.monotonic() + timeout
-            if not self._rlock.acquire(block, timeout):
-                raise Empty
-            try:
-                if block:
-                    if not _poll_fd(self._reader_fd, deadline - time.monotonic()):
-                        raise Empty
-                elif not _poll_fd(self._reader_fd, 0):
-                    raise Empty
-                data = _read_frame(self._reader_fd)
-                self._sem.release()
-            finally:
-                self._rlock.release()
+        # One C call: read lock, wait (GIL released), whole frame, size
+        # counter, read lock again.
+        data = _queue_recv(self._reader_fd, self._rlock._semlock,
+                           self._sem._semlock, timeout if block else 0)
+        if data is None:
+            raise Empty
         return _ForkingPickler.loads(data)
 
     def get_nowait(self):
@@ -559,7 +542,7 @@ class JoinableQueue(Queue):
         # can never run first.
         self._unfinished_tasks.release()
         try:
-            self._send(_frame_parts(data))
+            self._send(data)
         except BaseException:
             self._unfinished_tasks.acquire(False)
             self._sem.release()
@@ -606,14 +589,13 @@ class SimpleQueue(object):
         self._poll = self._reader.poll
 
     def get(self):
-        with self._rlock:
-            data = _read_frame(self._reader.fileno())
+        data = _queue_recv(self._reader.fileno(), self._rlock._semlock,
+                           None, None)
         return _ForkingPickler.loads(data)
 
     def put(self, obj):
         # Pickled outside the lock; an unpicklable object raises here.
-        parts = _frame_parts(_dumps(obj))
-        with self._wlock:
-            _write_all(self._writer.fileno(), parts)
+        _queue_send(self._writer.fileno(), self._wlock._semlock, _dumps(obj),
+                    True)
 
     __class_getitem__ = classmethod(types.GenericAlias)

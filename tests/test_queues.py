@@ -414,3 +414,85 @@ def test_no_semaphores_or_fds_left(monkeypatch):
     assert len(names) >= 2 * (3 + 5 + 2)
     assert [n for n in names if glob.glob('/dev/shm/sem.' + n.lstrip('/'))] == []
     assert set(os.listdir('/proc/self/fd')) - before_fds == set()
+
+
+# ------------------------------------------- _mpcore.queue_send / queue_recv
+
+
+class TestCQueuePath:
+    @pytest.fixture
+    def pipe_and_locks(self):
+        from multiprocessing_c import _mpcore
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        locks = [_mpcore.SemLock(1, 1, 1, '/mpc-q-%d-%d' % (os.getpid(), i), True)
+                 for i in range(2)]
+        yield _mpcore, r, w, locks[0], locks[1]
+        os.close(r)
+        os.close(w)
+
+    def test_frames_round_trip_in_connection_format(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        assert m.queue_send(w, wl, b'abc', False) == 7
+        assert os.read(r, 7) == b'\x00\x00\x00\x03abc'
+        assert m.queue_send(w, wl, memoryview(b'xyz'), True) == 7
+        assert m.queue_recv(r, rl, None, None) == b'xyz'
+        assert m.queue_recv(r, rl, None, 0) is None
+        assert rl._get_value() == 1 and wl._get_value() == 1
+
+    def test_busy_lock_and_full_pipe(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        wl.acquire()
+        assert m.queue_send(w, wl, b'abc', False) == -1
+        wl.release()
+        big = b'z' * (1 << 20)
+        n = m.queue_send(w, wl, big, False)
+        assert 0 < n < len(big) + 4
+        assert wl._get_value() == 0     # held for the caller to finish
+        wl.release()
+        assert m.queue_send(w, wl, b'more', False) == 0   # pipe full
+        assert wl._get_value() == 1
+
+    def test_sem_released_after_read(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        sem = m.SemLock(1, 0, 5, '/mpc-qs-%d' % os.getpid(), True)
+        m.queue_send(w, wl, b'1', True)
+        assert m.queue_recv(r, rl, sem, 1.0) == b'1'
+        assert sem._get_value() == 1
+
+    def test_argument_errors(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        with pytest.raises(TypeError):
+            m.queue_recv(r, object(), None, None)
+        with pytest.raises(TypeError):
+            m.queue_send(w, wl, 'not bytes', True)
+        with pytest.raises(TypeError):
+            m.queue_recv(r, rl)
+        rec = m.SemLock(0, 1, 1, '/mpc-qr-%d' % os.getpid(), True)
+        with pytest.raises(ValueError):
+            m.queue_recv(r, rec, None, 0)
+        with pytest.raises(ValueError):
+            m.queue_recv(-1, rl, None, 0)
+
+    def test_eof(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        r2, w2 = os.pipe()
+        os.close(w2)
+        with pytest.raises(EOFError):
+            m.queue_recv(r2, rl, None, 1.0)
+        os.close(r2)
+        assert rl._get_value() == 1     # the lock was given back
+
+    def test_timeout_with_sigalrm_spam(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        old = signal.signal(signal.SIGALRM, lambda *a: None)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
+            t0 = time.monotonic()
+            assert m.queue_recv(r, rl, None, 0.3) is None
+            assert 0.29 <= time.monotonic() - t0 < 3
+            threading.Timer(0.1, m.queue_send, (w, wl, b'late', True)).start()
+            assert m.queue_recv(r, rl, None, None) == b'late'
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.signal(signal.SIGALRM, old)
