@@ -135,11 +135,15 @@ def _terminated():
 
 
 def mapstar(args):
-    return list(map(*args))
+    """Run one map() chunk: args is (func, items)."""
+    func, items = args
+    return list(map(func, items))        # map() runs the loop in C
 
 
 def starmapstar(args):
-    return list(itertools.starmap(args[0], args[1]))
+    """Run one starmap() chunk: args is (func, argument tuples)."""
+    func, items = args
+    return list(itertools.starmap(func, items))
 
 
 def _dumps_with_header(job, i, obj):
@@ -700,6 +704,8 @@ class _Feeder:
                     disp.submit(result, i, _one, ((func, chunk[0]),), {}, None)
                 else:
                     disp.submit(result, i, mapper, ((func, chunk),), {}, None)
+                if disp._broken is not None:
+                    break        # every further chunk would fail alike
         except Exception as e:
             result._set(i + 1, (False, e))
             result._set_length(i + 2)

@@ -228,6 +228,10 @@ STDLIB_EXECUTOR_SCRIPT = '''
         ctx = multiprocessing_c.get_context(method)
         with cf.ProcessPoolExecutor(2, mp_context=ctx) as ex:
             print(ex.submit(sqr, 4).result(30), list(ex.map(sqr, range(5), chunksize=2)))
+            try:
+                ex.submit(sqr, lambda: 1).result(30)
+            except Exception as e:
+                print('unpicklable', type(e).__name__)
         ex = cf.ProcessPoolExecutor(2, mp_context=ctx)
         try:
             ex.submit(die).result(30)
@@ -242,8 +246,8 @@ def test_stdlib_executor_under_runner(tmp_path, start_method):
     r = run_python(['-m', 'multiprocessing_c', script, start_method],
                    cwd=str(tmp_path), timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split('\n')[:3] == ['aliased True', '16 [0, 1, 4, 9, 16]',
-                                        'broken']
+    assert r.stdout.split('\n')[:4] == ['aliased True', '16 [0, 1, 4, 9, 16]',
+                                        'unpicklable PicklingError', 'broken']
 
 
 def test_stdlib_executor_plain_script(tmp_path, start_method):
@@ -255,8 +259,10 @@ def test_stdlib_executor_plain_script(tmp_path, start_method):
     assert time.monotonic() - start < 30
     if start_method == 'fork':
         assert r.returncode == 0, r.stderr
-        assert r.stdout.split('\n')[:3] == ['aliased False',
-                                            '16 [0, 1, 4, 9, 16]', 'broken']
+        assert r.stdout.split('\n')[:4] == ['aliased False',
+                                            '16 [0, 1, 4, 9, 16]',
+                                            'unpicklable PicklingError',
+                                            'broken']
     else:
         assert r.returncode != 0
         assert 'multiprocessing_c.futures.ProcessPoolExecutor' in r.stderr

@@ -689,3 +689,34 @@ def test_large_tasks_and_results_both_ways(ctx):
         rs = [p.apply_async(identity, (big + bytes([i]),)) for i in range(8)]
         assert [r.get(timeout=20)[-1] for r in rs] == list(range(8))
     p.join()
+
+
+def test_stdlib_pool_program_under_runner(tmp_path, start_method):
+    from testutil import run_python, write_script
+    script = write_script(tmp_path / 'pool_prog.py', '''
+        import multiprocessing, os, sys
+        from multiprocessing.pool import ThreadPool
+
+        def sqr(x):
+            return x * x
+
+        def die():
+            os._exit(4)
+
+        if __name__ == '__main__':
+            multiprocessing.set_start_method(sys.argv[1])
+            with multiprocessing.Pool(2) as p:
+                print(type(p).__module__, p.map(sqr, range(5)))
+                try:
+                    p.apply(die)
+                except Exception as e:
+                    print(type(e).__name__, e.exitcode)
+            with ThreadPool(2) as t:
+                print(t.map(sqr, range(3)))
+        ''')
+    r = run_python(['-m', 'multiprocessing_c', script, start_method],
+                   cwd=str(tmp_path), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split('\n')[:3] == [
+        'multiprocessing_c.pool [0, 1, 4, 9, 16]', 'WorkerLostError 4',
+        '[0, 1, 4]']
