@@ -192,7 +192,10 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None,
             break
         job, i = _HEADER.unpack_from(data)
         try:
-            func, args, kwds = loads(memoryview(data)[_HEADER.size:])
+            try:
+                func, args, kwds = loads(memoryview(data)[_HEADER.size:])
+            except Exception as e:
+                raise _unpickling_hint(e)
             result = (True, func(*args, **kwds))
         except Exception as e:
             result = (False, _wrap(e, wrap_exception))
@@ -441,6 +444,17 @@ def _pickling_hint(exc):
                      'arguments are pickled to reach a worker process; use '
                      'module-level functions and picklable arguments, or a '
                      'ThreadPool)')
+    return exc
+
+
+def _unpickling_hint(exc):
+    if hasattr(exc, 'add_note'):
+        exc.add_note('(multiprocessing_c.pool: the worker process could not '
+                     'unpickle the task; under spawn a worker imports the '
+                     "function's module afresh, so the function and the "
+                     'classes of its arguments must be importable there, '
+                     'not defined in an interactive session or inside '
+                     'another function)')
     return exc
 
 

@@ -302,14 +302,18 @@ def test_get_timeout(pool):
 
 
 def test_unpicklable_argument(pool):
-    with pytest.raises(RuntimeError, match='cannot pickle'):
+    with pytest.raises(RuntimeError, match='cannot pickle') as info:
         pool.map(sqr, [Unpicklable()] * 10)
+    if sys.version_info >= (3, 11):
+        assert 'module-level functions' in ' '.join(info.value.__notes__)
     r = pool.apply_async(sqr, (Unpicklable(),))
     with pytest.raises(RuntimeError):
         r.get(10)
     # arguments that fail to unpickle in the worker fail just their task
-    with pytest.raises(ValueError, match='refused to unpickle'):
+    with pytest.raises(ValueError, match='refused to unpickle') as info:
         pool.apply(identity, (BadUnpickle(),))
+    if sys.version_info >= (3, 11):
+        assert 'could not unpickle' in ' '.join(info.value.__notes__)
     assert pool.apply(sqr, (3,)) == 9
 
 
