@@ -1,0 +1,142 @@
+"""Pickling for other processes: a Pickler with a registry of extra
+reducers (methods, partials, sockets, connections...), and the helpers
+that carry file descriptors to a child."""
+import copyreg
+import functools
+import io
+import os
+import pickle
+import socket
+import sys
+
+from . import context
+
+__all__ = ['ForkingPickler', 'register', 'dump', 'DupFd']
+
+HAVE_SEND_HANDLE = True
+
+
+class ForkingPickler(pickle.Pickler):
+    """A Pickler that also knows the reducers registered with register().
+
+    Registered reducers sit on top of copyreg's, in a per-instance dispatch
+    table built from one shared ChainMap-like copy."""
+
+    _extra_reducers = {}
+    _copyreg_dispatch_table = copyreg.dispatch_table
+
+    def __init__(self, *args, **kwds):
+        super().__init__(*args, **kwds)
+        table = self._copyreg_dispatch_table.copy()
+        table.update(self._extra_reducers)
+        self.dispatch_table = table
+
+    @classmethod
+    def register(cls, type, reduce):
+        """Pickle objects of `type` with `reduce` in other processes."""
+        cls._extra_reducers[type] = reduce
+
+    @classmethod
+    def dumps(cls, obj, protocol=None):
+        """Return `obj` pickled, as a bytes-like object."""
+        buf = io.BytesIO()
+        cls(buf, protocol).dump(obj)
+        return buf.getbuffer()
+
+    loads = staticmethod(pickle.loads)
+
+
+register = ForkingPickler.register
+
+
+def dump(obj, file, protocol=None):
+    """Pickle `obj` to `file` with ForkingPickler."""
+    ForkingPickler(file, protocol).dump(obj)
+
+
+# ---------------------------------------------------------------------------
+# Objects the plain pickle module cannot carry: bound methods of classes
+# and builtins, method descriptors and functools.partial.
+
+
+def _reduce_method(m):
+    return getattr, (m.__self__, m.__func__.__name__)
+
+
+class _C:
+    def f(self):
+        pass
+
+
+register(type(_C().f), _reduce_method)
+
+
+def _reduce_method_descriptor(m):
+    return getattr, (m.__objclass__, m.__name__)
+
+
+register(type(list.append), _reduce_method_descriptor)
+register(type(int.__add__), _reduce_method_descriptor)
+
+
+def _rebuild_partial(func, args, keywords):
+    return functools.partial(func, *args, **keywords)
+
+
+def _reduce_partial(p):
+    return _rebuild_partial, (p.func, p.args, p.keywords or {})
+
+
+register(functools.partial, _reduce_partial)
+
+# ---------------------------------------------------------------------------
+# File descriptors for a child.
+
+
+def DupFd(fd):
+    """Return an object that, unpickled in a child being started, gives a
+    file descriptor open on the same file as `fd`."""
+    popen = context.get_spawning_popen()
+    if popen is not None:
+        return _InheritedFd(popen.duplicate_for_child(fd))
+    from . import resource_sharer
+    return resource_sharer.DupFd(fd)
+
+
+class _InheritedFd:
+    # The fd reaches the child by inheritance under the same number.
+    __slots__ = ('fd',)
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def detach(self):
+        return self.fd
+
+
+# ---------------------------------------------------------------------------
+# Sockets travel as a duplicated fd plus what socket.socket() needs.
+
+
+def _reduce_socket(s):
+    df = DupFd(s.fileno())
+    return _rebuild_socket, (df, s.family, s.type, s.proto)
+
+
+def _rebuild_socket(df, family, type, proto):
+    return socket.socket(family, type, proto, fileno=df.detach())
+
+
+register(socket.socket, _reduce_socket)
+
+
+class AbstractReducer:
+    """The interface of a reduction module, for `context.reducer`."""
+
+    ForkingPickler = ForkingPickler
+    register = register
+    dump = dump
+    DupFd = staticmethod(DupFd)
+
+    def __init__(self, *args):
+        pass
