@@ -151,17 +151,17 @@ def synchronized(obj, lock=None, ctx=None):
         return SynchronizedArray(obj, lock, ctx)
     cls = type(obj)
     try:
-        scls = _struct_wrappers[cls]
+        scls = class_cache[cls]
     except KeyError:
         namespace = {name: _locked_property(name)
                      for name in (f[0] for f in cls._fields_)}
         scls = type('Synchronized' + cls.__name__, (SynchronizedBase,),
                     namespace)
-        _struct_wrappers[cls] = scls
+        class_cache[cls] = scls
     return scls(obj, lock, ctx)
 
 
-_struct_wrappers = weakref.WeakKeyDictionary()
+class_cache = weakref.WeakKeyDictionary()
 
 #
 # Pickling: only to a child being spawned (the arena's fd goes with it)
@@ -204,7 +204,31 @@ def rebuild_ctype(type_, wrapper, length):
 #
 
 
-def _locked_property(name):
+# The text of the accessors make_property() gives a structure field; kept
+# as documentation of what the generated wrapper does (nothing execs it).
+template = """
+def get_%(name)s(self):
+    with self._lock:
+        return self._obj.%(name)s
+
+def set_%(name)s(self, value):
+    with self._lock:
+        self._obj.%(name)s = value
+
+%(name)s = property(get_%(name)s, set_%(name)s)
+"""
+
+prop_cache = {}
+
+
+def make_property(name):
+    """A property reading and writing field `name` of the wrapped object
+    under the wrapper's lock."""
+    try:
+        return prop_cache[name]
+    except KeyError:
+        pass
+
     def fget(self):
         with self._lock:
             return getattr(self._obj, name)
@@ -213,7 +237,12 @@ def _locked_property(name):
         with self._lock:
             setattr(self._obj, name, value)
 
-    return property(fget, fset, None, 'the locked field %r' % name)
+    prop = prop_cache[name] = property(fget, fset, None,
+                                       'the locked field %r' % name)
+    return prop
+
+
+_locked_property = make_property
 
 
 class SynchronizedBase(object):

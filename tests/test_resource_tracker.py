@@ -14,7 +14,7 @@ import multiprocessing_c
 from multiprocessing_c import resource_tracker
 from multiprocessing_c.shared_memory import SharedMemory
 
-from conftest import child_env, run_python, write_script
+from testutil import child_env, run_python, write_script
 
 
 def shm_exists(name):
