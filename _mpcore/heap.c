@@ -30,6 +30,11 @@
 #include <unistd.h>
 #include "structmember.h"
 
+#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION   /* 3.10+; 3.9: tp_new = NULL */
+#define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
+#define MP_CLEAR_TP_NEW 1
+#endif
+
 #define HEAP_ALIGN 16
 #define NBINS 64
 /* Nodes looked at in the request's own bin before taking a bigger gap. */
@@ -876,6 +881,10 @@ mp_heap_init(PyObject *module, mp_state *st)
     st->BlockType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &block_spec, NULL);
     if (st->BlockType == NULL)
         return -1;
+#ifdef MP_CLEAR_TP_NEW
+    /* Blocks come only from Heap.malloc() and Arena._block(). */
+    st->BlockType->tp_new = NULL;
+#endif
     st->HeapType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &heap_spec, NULL);
     if (st->HeapType == NULL)
         return -1;
