@@ -165,7 +165,7 @@ class SharedMemory:
 #   q                  number of items n
 #   q * (n + 1)        offsets of the items' slots from the data start
 #   data               each item in its slot (str/bytes slots are a multiple
-#                      of 8 bytes, strictly longer than the encoded value)
+#                      of 8 bytes, longer than the value's length)
 #   8s * n             each item's struct format, NUL padded
 #   b * n              how to turn the unpacked value back into an item
 
@@ -195,7 +195,12 @@ def _encode_item(value, slot=None):
         raise TypeError('ShareableList items must be int, float, bool, '
                         'str, bytes or None, not %s' % type(value).__name__)
     if slot is None:
-        slot = _slot_size(len(raw))
+        # The stdlib sizes a str slot by its characters; keep its layout
+        # (and formats) wherever the UTF-8 bytes fit, and grow the slot
+        # only where it would cut the string short.
+        slot = _slot_size(len(value))
+        if len(raw) > slot:
+            slot = _slot_size(len(raw))
     elif len(raw) > slot:
         raise ValueError('bytes/str item exceeds available storage')
     return '%ds' % slot, code, raw, slot

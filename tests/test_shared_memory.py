@@ -252,7 +252,8 @@ def test_shareable_list_interop_both_ways(stdlib_shm):
     std, std_tracker = stdlib_shm
     # (The stdlib sizes str slots by characters, not UTF-8 bytes, so it
     # truncates long non-ASCII strings itself: keep them short here.)
-    items = ['howdy', b'HoWdY', -273.154, 100, None, True, 42, '', 'é' * 3]
+    items = ['howdy', b'HoWdY', -273.154, 100, None, True, 42, '', 'é' * 3,
+             'encodés']
     ours = ShareableList(items)
     try:
         theirs = std.ShareableList(name=ours.shm.name)
@@ -341,6 +342,24 @@ def test_shareable_list_basics():
         assert sl[2] == -273.154
         with pytest.raises(TypeError):
             sl['x']
+    finally:
+        sl.shm.close()
+        sl.shm.unlink()
+
+
+def test_shareable_list_slot_sizes_match_the_stdlib_and_never_truncate():
+    sl = ShareableList(['encodés', 'é' * 9, 'abcdefgh'])
+    try:
+        # 7 characters in 8 UTF-8 bytes: the stdlib's 8-byte slot holds it.
+        assert sl._get_packing_format(0) == '8s'
+        # 18 bytes would not fit the stdlib's 16-byte slot: grow it.
+        assert sl[1] == 'é' * 9
+        assert sl._get_packing_format(1) == '24s'
+        assert sl._get_packing_format(2) == '16s'
+        copy = ShareableList(sl)
+        assert copy.format == sl.format
+        copy.shm.close()
+        copy.shm.unlink()
     finally:
         sl.shm.close()
         sl.shm.unlink()
