@@ -199,6 +199,15 @@ class ResourceTracker(object):
 
 
 _resource_tracker = ResourceTracker()
+
+
+def _after_fork_in_child():
+    # Another thread may have held the lock at fork(): never inherit that.
+    _resource_tracker._lock = threading.RLock()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 ensure_running = _resource_tracker.ensure_running
 register = _resource_tracker.register
 unregister = _resource_tracker.unregister
@@ -209,30 +218,44 @@ getfd = _resource_tracker.getfd
 # The tracker process
 
 
-def _pid_alive(pid):
-    """Whether `pid` runs (a zombie or a missing process does not)."""
+def _proc_stat(pid):
+    """(state, start time) of `pid` from /proc, or None if it is gone."""
     try:
         with open('/proc/%d/stat' % pid, 'rb') as f:
             stat = f.read()
     except OSError:
+        return None
+    # Fields after the parenthesised command name: state is the first,
+    # the start time (in clock ticks since boot) the 20th.
+    fields = stat[stat.rfind(b')') + 2:].split()
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid, started=None):
+    """Whether `pid` runs (a zombie or a missing process does not), and is
+    the process that started at `started` (pids get reused)."""
+    st = _proc_stat(pid)
+    if st is None or st[0] in (b'Z', b'X'):
         return False
-    # The state follows the parenthesised command name.
-    state = stat[stat.rfind(b')') + 2:stat.rfind(b')') + 3]
-    return state not in (b'Z', b'X', b'')
+    return started is None or st[1] == started
 
 
-def _still_running(pids, grace=1.0):
+def _still_running(pids, started, grace=1.0):
     """The pids that still run after waiting up to `grace` seconds (a
     process that just closed the pipe may be in the middle of exiting)."""
     deadline = time.monotonic() + grace
-    alive = {p for p in pids if p > 0 and p != os.getpid() and _pid_alive(p)}
+    alive = {p for p in pids if p > 0 and p != os.getpid()
+             and _pid_alive(p, started.get(p))}
     while alive and time.monotonic() < deadline:
         time.sleep(0.01)
-        alive = {p for p in alive if _pid_alive(p)}
+        alive = {p for p in alive if _pid_alive(p, started.get(p))}
     return alive
 
 
-def _handle(registry, line):
+def _handle(registry, started, line):
     cmd, rtype, pid, name = line.decode('utf-8', 'surrogateescape').rstrip(
         '\n').split(':', 3)
     pid = int(pid)
@@ -242,6 +265,13 @@ def _handle(registry, line):
     if cmd == 'PROBE':
         return
     if cmd == 'REGISTER':
+        # The sender is alive as it registers (unless it already exited):
+        # note which process holds the pid now.
+        st = _proc_stat(pid)
+        if st is not None:
+            started[pid] = st[1]
+        else:
+            started.setdefault(pid, None)
         counts = users.setdefault(name, {})
         counts[pid] = counts.get(pid, 0) + 1
     elif cmd == 'UNREGISTER':
@@ -267,11 +297,11 @@ def _warn(msg):
         warnings.warn(msg, UserWarning, stacklevel=2)
 
 
-def _cleanup(registry):
+def _cleanup(registry, started):
     for rtype, users in registry.items():
         if not users:
             continue
-        live = _still_running({p for c in users.values() for p in c})
+        live = _still_running({p for c in users.values() for p in c}, started)
         leaked = {name: counts for name, counts in users.items()
                   if not live.intersection(counts)}
         for name in sorted(set(users) - set(leaked)):
@@ -307,15 +337,16 @@ def main(fd):
             pass
 
     registry = {rtype: {} for rtype in _CLEANUP_FUNCS}
+    started = {}    # pid -> start time, read when it first registers
     try:
         with open(fd, 'rb') as f:
             for line in f:
                 try:
-                    _handle(registry, line)
+                    _handle(registry, started, line)
                 except Exception:
                     try:
                         sys.excepthook(*sys.exc_info())
                     except BaseException:
                         pass
     finally:
-        _cleanup(registry)
+        _cleanup(registry, started)

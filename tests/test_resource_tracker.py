@@ -184,6 +184,14 @@ def test_never_unlinks_what_a_live_process_registered(tracker, capfd):
         os.unlink('/dev/shm' + name)
 
 
+def test_liveness_check_is_not_fooled_by_pid_reuse():
+    state, started = resource_tracker._proc_stat(os.getpid())
+    assert resource_tracker._pid_alive(os.getpid(), started)
+    # Same pid, another start time: a different process reusing the pid.
+    assert not resource_tracker._pid_alive(os.getpid(), started + 1)
+    assert not resource_tracker._pid_alive(dead_pid())
+
+
 def test_leaked_semaphore_is_unlinked(tracker, capfd):
     libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6',
                        use_errno=True)
