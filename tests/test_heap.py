@@ -360,3 +360,40 @@ def test_blocks_never_overlap_under_churn():
     del b, blk
     live.clear()
     assert h._allocated_blocks == {}
+
+
+# ---------------------------------------------------------------------------
+# the C types themselves
+
+
+def test_c_signatures_are_introspectable():
+    import inspect
+    assert list(inspect.signature(_mpcore.Heap.malloc).parameters) == [
+        'self', 'size']
+    assert list(inspect.signature(_mpcore.shm_open).parameters) == [
+        'path', 'flags', 'mode']
+    assert list(inspect.signature(_mpcore.shm_unlink).parameters) == ['path']
+    assert list(inspect.signature(_mpcore.Arena).parameters) == ['size', 'fd']
+
+
+def test_c_types_are_immutable_and_blocks_not_instantiable():
+    for tp in (_mpcore.Arena, _mpcore.Block):
+        with pytest.raises(TypeError):
+            tp.foo = 1
+    with pytest.raises(TypeError):
+        _mpcore.Block()
+
+
+def test_fresh_module_has_its_own_types():
+    import importlib.util
+    spec = importlib.util.find_spec('multiprocessing_c._mpcore')
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    assert fresh.Heap is not _mpcore.Heap
+    b = fresh.Heap().malloc(10)
+    assert type(b) is fresh.Block and type(b.arena) is fresh.Arena
+
+
+def test_arena_fd_is_close_on_exec():
+    a = heap.Arena(4096)
+    assert not os.get_inheritable(a.fd)

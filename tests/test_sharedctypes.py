@@ -181,6 +181,13 @@ def test_raw_array_initializer_keeps_ctypes_rules():
     assert structs[1].x == 4
 
 
+def test_wchar_array():
+    w = RawArray('u', 'héllo')
+    assert w.value == 'héllo' and len(w) == 5
+    w[0] = 'H'
+    assert w[:] == 'Héllo'
+
+
 def test_char_array_value_and_raw():
     s = RawArray('c', 10)
     s.value = b'hello'
