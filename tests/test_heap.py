@@ -397,3 +397,49 @@ def test_fresh_module_has_its_own_types():
 def test_arena_fd_is_close_on_exec():
     a = heap.Arena(4096)
     assert not os.get_inheritable(a.fd)
+
+
+def _open_fds():
+    return len(os.listdir('/proc/self/fd'))
+
+
+def test_no_fd_or_mapping_leak():
+    from multiprocessing_c import sharedctypes
+    gc.collect()
+    before = _open_fds()
+    for _ in range(50):
+        h = heap.Heap()
+        blocks = [h.malloc(n) for n in (10, 300_000, 5_000_000)]
+        arr = sharedctypes.RawArray('d', 100_000)
+        del blocks, arr, h
+    gc.collect()
+    assert _open_fds() <= before + 2    # the shared heap may add an arena
+
+
+def test_threads_allocate_and_free_concurrently():
+    import threading
+    h = heap.Heap()
+    errors = []
+
+    def work(seed):
+        rnd = random.Random(seed)
+        mine = []
+        try:
+            for i in range(300):
+                size = rnd.choice([16, 1000, 2 << 20])
+                b = h.malloc(size)
+                memoryview(b)[:1] = bytes([seed])
+                mine.append(b)
+                if len(mine) > 5:
+                    victim = mine.pop(rnd.randrange(len(mine)))
+                    assert memoryview(victim)[0] == seed
+        except BaseException as e:      # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    check_layout(h)

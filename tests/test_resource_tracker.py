@@ -338,3 +338,29 @@ def test_clean_program_reports_nothing(tmp_path):
     r = run_python([script])
     assert r.returncode == 0, r.stderr
     assert r.stderr == ''
+
+
+def test_concurrent_writers_never_interleave(tracker, capfd):
+    # Many processes register and unregister at once through one pipe;
+    # every line must arrive whole, so nothing is left registered.
+    tracker.ensure_running()
+    pids = []
+    for k in range(6):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                for i in range(200):
+                    name = '/mpc_never_made_%d_%d_%s' % (k, i, 'x' * 100)
+                    tracker.register(name, 'shared_memory')
+                    tracker.unregister(name, 'shared_memory')
+            except BaseException:
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    tracker._stop()
+    err = capfd.readouterr().err
+    assert 'leaked' not in err and 'Traceback' not in err
