@@ -287,6 +287,16 @@ arena_from_fd(PyTypeObject *tp, int fd, Py_ssize_t size)
 static ArenaObject *
 arena_create(PyTypeObject *tp, Py_ssize_t size)
 {
+    /* A memfd has no size limit and its pages come on first touch, so a
+     * nonsense size would "succeed" and fail later at random: refuse what
+     * the machine cannot hold. */
+    long pages = sysconf(_SC_PHYS_PAGES);
+    if (pages > 0 && (double)size > (double)pages * (double)page_size()) {
+        PyErr_Format(PyExc_MemoryError,
+                     "cannot allocate a shared arena of %zd bytes: more than "
+                     "the machine's memory", size);
+        return NULL;
+    }
     int fd = arena_make_file(size);
     if (fd < 0)
         return (ArenaObject *)mp_set_oserror(errno);

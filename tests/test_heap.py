@@ -131,6 +131,10 @@ def test_malloc_zero_and_errors():
         h.malloc(sys.maxsize)
     with pytest.raises(TypeError):
         h.malloc(1.5)
+    with pytest.raises(MemoryError):
+        h.malloc(2 ** 50)       # more than any test machine's memory
+    with pytest.raises(MemoryError):
+        heap.Arena(2 ** 50)
 
 
 def test_reused_space_is_zeroed():
