@@ -106,12 +106,14 @@ page_size(void)
 /* Gap bins                                                             */
 /* ------------------------------------------------------------------ */
 
+/* The bin of a gap of n > 0 bytes: floor(log2(n)). */
 static int
 bin_of(Py_ssize_t n)
 {
     return 63 - __builtin_clzll((unsigned long long)n);
 }
 
+/* Puts n's gap (if any) at the head of its bin. */
 static void
 gap_link(ArenaObject *a, mp_node *n)
 {
@@ -129,6 +131,7 @@ gap_link(ArenaObject *a, mp_node *n)
     a->binmap |= (uint64_t)1 << b;
 }
 
+/* Takes n's gap out of its bin; a no-op for a node without a gap. */
 static void
 gap_unlink(ArenaObject *a, mp_node *n)
 {
@@ -165,6 +168,7 @@ gap_find(ArenaObject *a, Py_ssize_t need)
     return NULL;
 }
 
+/* Makes the whole arena one free gap owned by the head node. */
 static void
 arena_reset_allocator(ArenaObject *a)
 {
@@ -303,6 +307,8 @@ arena_create(PyTypeObject *tp, Py_ssize_t size)
     return arena_from_fd(tp, fd, size);
 }
 
+/* Arena(size, fd=-1): a new arena, or a mapping of `fd` (taken over once
+ * the arguments are valid).  Returns a new reference or NULL. */
 static PyObject *
 arena_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
 {
@@ -333,6 +339,7 @@ arena_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     return (PyObject *)arena_from_fd(tp, fd, size);
 }
 
+/* Only runs once no Block or exported buffer refers to the arena. */
 static void
 arena_dealloc(PyObject *op)
 {
@@ -355,6 +362,7 @@ arena_getbuffer(PyObject *op, Py_buffer *view, int flags)
     return PyBuffer_FillInfo(view, op, a->base, a->size, 0, flags);
 }
 
+/* A new list of (start, stop) tuples: the blocks (used) or the gaps. */
 static PyObject *
 list_of_extents(ArenaObject *a, int used)
 {
@@ -403,8 +411,6 @@ arena_free_blocks(PyObject *op, PyObject *Py_UNUSED(ignored))
     return list_of_extents(a, 0);
 }
 
-static PyTypeObject *block_type_of(PyTypeObject *arena_tp);
-
 PyDoc_STRVAR(arena_block__doc__,
 "_block($self, start, size, /)\n--\n\n"
 "A Block exporting `size` bytes of this arena from `start`, outside the\n"
@@ -423,10 +429,10 @@ arena_block(PyObject *op, PyObject *args)
                      start, start, size, a->size);
         return NULL;
     }
-    PyTypeObject *btp = block_type_of(Py_TYPE(op));
-    if (btp == NULL)
+    mp_state *st = mp_get_state_by_type(Py_TYPE(op));
+    if (st == NULL)
         return NULL;
-    BlockObject *b = (BlockObject *)btp->tp_alloc(btp, 0);
+    BlockObject *b = (BlockObject *)st->BlockType->tp_alloc(st->BlockType, 0);
     if (b == NULL)
         return NULL;
     Py_INCREF(a);
@@ -498,6 +504,8 @@ static PyType_Spec arena_spec = {
 
 static void heap_arena_emptied(HeapObject *h, ArenaObject *a);
 
+/* Frees the block's space: this is the only place blocks are freed.  May
+ * unmap the arena (through heap_arena_emptied) but runs no Python code. */
 static void
 block_dealloc(PyObject *op)
 {
@@ -517,6 +525,7 @@ block_dealloc(PyObject *op)
     Py_DECREF(tp);
 }
 
+/* The exported buffer keeps the Block (so its space) alive. */
 static int
 block_getbuffer(PyObject *op, Py_buffer *view, int flags)
 {
@@ -606,13 +615,6 @@ static PyType_Spec block_spec = {
     .slots = block_slots,
 };
 
-static PyTypeObject *
-block_type_of(PyTypeObject *tp)
-{
-    mp_state *st = mp_get_state_by_type(tp);
-    return st ? st->BlockType : NULL;
-}
-
 /* ------------------------------------------------------------------ */
 /* Heap                                                                 */
 /* ------------------------------------------------------------------ */
@@ -652,6 +654,7 @@ heap_arena_emptied(HeapObject *h, ArenaObject *a)
     }
 }
 
+/* Drops every arena; blocks still alive keep theirs mapped. */
 static void
 heap_forget_arenas(HeapObject *h)
 {
@@ -693,6 +696,8 @@ heap_dealloc(PyObject *op)
     Py_DECREF(tp);
 }
 
+/* Adds `a` to the heap, stealing the reference.  Returns 0, or -1 with
+ * MemoryError set (the reference is then still the caller's). */
 static int
 heap_append_arena(HeapObject *h, ArenaObject *a)
 {
@@ -713,7 +718,9 @@ heap_append_arena(HeapObject *h, ArenaObject *a)
 }
 
 /* Finds room for `need` bytes: first in arenas that are in use, then in
- * the smallest wholly free arena that fits, else in a new arena. */
+ * the smallest wholly free arena that fits, else in a new arena.  Returns
+ * a borrowed arena and sets *where to the node whose gap to carve, or
+ * returns NULL with an exception set. */
 static ArenaObject *
 heap_find_arena(HeapObject *h, Py_ssize_t need, mp_node **where)
 {
@@ -764,6 +771,8 @@ PyDoc_STRVAR(heap_malloc__doc__,
 "the space is freed when the Block (and every buffer made from it) is\n"
 "collected.");
 
+/* Returns a new Block, or NULL with ValueError/OverflowError/MemoryError
+ * or OSError (from creating an arena) set. */
 static PyObject *
 heap_malloc(PyObject *op, PyObject *arg)
 {
