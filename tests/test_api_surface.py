@@ -18,8 +18,6 @@ STDLIB_SUBMODULES = sorted(
 # Submodules still to come, each with the issue that brings it.  The list
 # must shrink: a test fails when one of them appears, so it is taken off.
 NOT_YET = {
-    'heap': 'issue 7', 'sharedctypes': 'issue 7',
-    'shared_memory': 'issue 7', 'resource_tracker': 'issue 7',
     'forkserver': 'issue 8', 'popen_forkserver': 'issue 8',
     'managers': 'issue 9',
 }
