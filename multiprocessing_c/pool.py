@@ -263,7 +263,8 @@ class ApplyResult:
         self._pool = None
 
     def _set(self, i, obj):
-        self._finish(*obj)
+        if not self._event.is_set():
+            self._finish(*obj)
 
     def _start(self, i):
         # Called as its task goes to a worker: False skips the task.
@@ -907,11 +908,13 @@ class _ProcessDispatcher:
             ready = wait(list(objs), timeout)
             for obj in ready:
                 if isinstance(obj, int) and obj == self._wake_r:
-                    self._wake_pending = False
+                    # Drain, then clear: a wake() in between then writes
+                    # again rather than being swallowed.
                     try:
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
+                    self._wake_pending = False
                     continue
                 rec = objs[obj]
                 if rec not in self._records:
@@ -1254,13 +1257,18 @@ class _ThreadDispatcher:
     def terminate(self):
         self._terminating = True
         self.close()
-        self.join()
+        self._fail_queued()
 
     def join(self):
+        # After terminate(), a thread still inside a task cannot be
+        # stopped: it is a daemon and exits after the task; not waited for.
         me = threading.current_thread()
         for t in list(self._workers):
-            if t is not me:
+            if t is not me and not self._terminating:
                 t.join()
+        self._fail_queued()
+
+    def _fail_queued(self):
         if self._terminating or self._broken is not None:
             exc = self._broken or _terminated()
             while True:
@@ -1270,6 +1278,8 @@ class _ThreadDispatcher:
                     break
                 if task is not None:
                     task[0]._set(task[1], (False, exc))
+            for _ in self._workers:
+                self.taskqueue.put(None)     # the drain took the stops
             for result in list(self._cache.values()):
                 result._abort(exc)
 
@@ -1296,4 +1306,5 @@ class _ThreadDispatcher:
             except Exception as e:
                 obj = (False, e)
             result._set(i, obj)
-            result = obj = None
+            # Hold nothing of the task while waiting for the next one.
+            result = obj = func = args = kwds = None

@@ -12,6 +12,9 @@ from threading import (Barrier, BoundedSemaphore, Condition, Event, Lock,
 from threading import current_thread as current_process
 from queue import Queue
 
+from . import connection
+from .connection import Pipe
+
 __all__ = [
     'Process', 'current_process', 'active_children', 'freeze_support',
     'Lock', 'RLock', 'Semaphore', 'BoundedSemaphore', 'Condition',
@@ -126,7 +129,3 @@ def Pool(processes=None, initializer=None, initargs=()):
     return ThreadPool(processes, initializer, initargs)
 
 
-def Pipe(duplex=True):
-    """Two connected Connection objects over queues."""
-    from .connection import Pipe as _pipe
-    return _pipe(duplex)
