@@ -723,3 +723,25 @@ def test_stdlib_pool_program_under_runner(tmp_path, start_method):
     assert r.stdout.split('\n')[:3] == [
         'multiprocessing_c.pool [0, 1, 4, 9, 16]', 'WorkerLostError 4',
         '[0, 1, 4]']
+
+
+def test_terminate_with_a_large_backlog_is_prompt(ctx):
+    # CPython's test_terminate; it once caught a lost wakeup here.
+    for _ in range(3):
+        p = ctx.Pool(3)
+        p.map_async(time.sleep, [60] * 10000, chunksize=1)
+        start = time.monotonic()
+        p.terminate()
+        p.join()
+        assert time.monotonic() - start < 10
+
+
+def test_threadpool_terminate_with_backlog_is_prompt():
+    p = mpool.ThreadPool(3)
+    r = p.map_async(time.sleep, [2] * 1000, chunksize=1)
+    start = time.monotonic()
+    p.terminate()
+    p.join()
+    assert time.monotonic() - start < 1.5
+    with pytest.raises(WorkerLostError):
+        r.get(1)
