@@ -82,11 +82,6 @@ def _frame_parts(data):
     return [_BIG_HEADER.pack(-1, n), data]
 
 
-def _frame_size(data):
-    n = len(data)
-    return n + (4 if n < _BIG else 12)
-
-
 def _skip(parts, n):
     """`parts` without its first `n` bytes, as a list of memoryviews."""
     rest = []
@@ -301,6 +296,10 @@ class Queue(object):
         self._close = None
         self._reader_fd = _fileno_or_none(self._reader)
         self._writer_fd = _fileno_or_none(self._writer)
+        # The C objects under the locks, for the one-call data path.
+        self._rsl = self._rlock._semlock
+        self._wsl = self._wlock._semlock
+        self._ssl = self._sem._semlock
 
     # ---------------------------------------------------------------- put
 
@@ -332,14 +331,13 @@ class Queue(object):
         with self._tlock:
             if not self._buffer and not state.busy:
                 try:
-                    n = _queue_send(self._writer_fd, self._wlock._semlock,
-                                    data, False)
+                    n = _queue_send(self._writer_fd, self._wsl, data, False)
                 except BrokenPipeError:
                     if self._ignore_epipe:
                         return
                     raise
-                if n > 0 and n == _frame_size(data):
-                    return
+                if n is None:
+                    return          # the whole frame is in the pipe
                 parts = _frame_parts(data)
                 if n > 0:
                     # Part of the frame is in the pipe and _wlock is still
@@ -455,8 +453,8 @@ class Queue(object):
             raise ValueError(f"Queue {self!r} is closed")
         # One C call: read lock, wait (GIL released), whole frame, size
         # counter, read lock again.
-        data = _queue_recv(self._reader_fd, self._rlock._semlock,
-                           self._sem._semlock, timeout if block else 0)
+        data = _queue_recv(self._reader_fd, self._rsl, self._ssl,
+                           timeout if block else 0)
         if data is None:
             raise Empty
         return _ForkingPickler.loads(data)
