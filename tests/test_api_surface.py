@@ -18,9 +18,6 @@ STDLIB_SUBMODULES = sorted(
 # Submodules still to come, each with the issue that brings it.  The list
 # must shrink: a test fails when one of them appears, so it is taken off.
 NOT_YET = {
-    'connection': 'issue 5', 'resource_sharer': 'issue 5',
-    'heap': 'issue 7', 'sharedctypes': 'issue 7',
-    'shared_memory': 'issue 7', 'resource_tracker': 'issue 7',
     'forkserver': 'issue 8', 'popen_forkserver': 'issue 8',
     'managers': 'issue 9',
     'pool': 'issue 10', 'dummy': 'issue 10',
@@ -28,8 +25,6 @@ NOT_YET = {
 
 # Names still missing from submodules we have, likewise shrinking.
 PARTIAL = {
-    'reduction': {'ACKNOWLEDGE', 'recv_handle', 'recvfds', 'send_handle',
-                  'sendfds'},   # fd passing: issue 5
 }
 
 
