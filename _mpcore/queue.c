@@ -174,8 +174,9 @@ queue_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* Wait for data while nothing is consumed: a timeout or Ctrl-C here
-     * leaves the pipe as it was. */
-    r = queue_poll(fd, POLLIN, deadline);
+     * leaves the pipe as it was.  With no deadline the header's read
+     * itself waits (one syscall less; a signal there consumes nothing). */
+    r = deadline == MP_FOREVER ? 1 : queue_poll(fd, POLLIN, deadline);
     if (r <= 0) {
         if (r == 0) {
             Py_INCREF(Py_None);
@@ -285,9 +286,10 @@ PyDoc_STRVAR(queue_send__doc__,
 "Write `data` (bytes-like) to the pipe `fd` as one frame while holding the\n"
 "SemLock `wlock`.  With `block` true, wait for the lock and for room and\n"
 "return the frame's size.  Otherwise make one non-blocking attempt and\n"
-"return -1 if the lock is busy, else the bytes written: the whole frame\n"
-"(lock released), 0 (lock released), or a part, in which case `wlock`\n"
-"stays held for the caller to finish the frame and release it.");
+"return None if the whole frame went out, -1 if the lock was busy, 0 if\n"
+"the pipe was full (the lock released in all three cases), or the number\n"
+"of bytes of a partial write, in which case `wlock` stays held for the\n"
+"caller to finish the frame and release it.");
 
 static PyObject *
 queue_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -354,7 +356,13 @@ queue_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (mp_semlock_release(wlock) < 0)
             goto done;
     }
-    result = PyLong_FromSsize_t(n);
+    if ((size_t)n == total) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+    else {
+        result = PyLong_FromSsize_t(n);
+    }
 
 done:
     PyBuffer_Release(&view);

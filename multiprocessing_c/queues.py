@@ -2,8 +2,8 @@
 
 A queue is a pipe plus shared semaphores.  Frames use the stdlib's
 connection format (a 4-byte big-endian length, or -1 and an 8-byte length
-for frames of 2 GiB and more), so a queue's ends can be read and written
-as connection objects too.
+for frames of 2 GiB and more), so a queue's ends (Connection objects) can
+be read and written directly too, as pool-style code does.
 
 Data path of Queue.put (DESIGN.md: "a put that has returned should be
 delivered, or fail in the caller"): the object is pickled in the caller,
@@ -24,15 +24,13 @@ import collections
 import os
 import select
 import struct
-import sys
 import threading
-import time
 import types
 import weakref
 
 from queue import Empty, Full
 
-from . import _mpcore, context, util
+from . import _mpcore, context
 from ._mpcore import queue_recv as _queue_recv, queue_send as _queue_send
 from .util import Finalize, debug, info, is_exiting, register_after_fork
 
@@ -82,11 +80,6 @@ def _frame_parts(data):
     return [_BIG_HEADER.pack(-1, n), data]
 
 
-def _frame_size(data):
-    n = len(data)
-    return n + (4 if n < _BIG else 12)
-
-
 def _skip(parts, n):
     """`parts` without its first `n` bytes, as a list of memoryviews."""
     rest = []
@@ -112,125 +105,15 @@ def _write_all(fd, parts):
         parts = _skip(parts, n)
 
 
-def _read_exact(fd, n):
-    """Read exactly `n` bytes from the blocking fd (EOFError at EOF)."""
-    chunk = os.read(fd, n)
-    if len(chunk) == n:
-        return chunk
-    if not chunk:
-        raise EOFError
-    buf = bytearray(n)
-    view = memoryview(buf)
-    view[:len(chunk)] = chunk
-    got = len(chunk)
-    while got < n:
-        r = os.readv(fd, [view[got:]])
-        if r == 0:
-            raise EOFError
-        got += r
-    return buf
-
-
-def _read_frame(fd):
-    """Read one frame's payload.  Called with the read lock held."""
-    (n,) = _HEADER.unpack(_read_exact(fd, 4))
-    if n == -1:
-        (n,) = struct.unpack('!Q', _read_exact(fd, 8))
-    elif n < 0:
-        raise OSError('corrupt frame header on queue pipe')
-    if n == 0:
-        return b''
-    return _read_exact(fd, n)
-
-
 def _poll_fd(fd, timeout):
     """Whether fd is readable (data or EOF) within `timeout` seconds."""
-    if timeout is not None and timeout < 0:
-        timeout = 0
-    r, _, _ = select.select([fd], [], [], timeout)
+    r, _, _ = select.select([fd], [], [], max(timeout, 0))
     return bool(r)
 
 
-class _PipeEnd(object):
-    """One end of a pipe with the connection methods queues and their
-    users need (fileno, close, send_bytes, recv_bytes, send, recv, poll).
-
-    Stands in until multiprocessing_c.connection is available; the framing
-    is the connection format, so either can read what the other wrote."""
-
-    def __init__(self, fd, readable, writable):
-        self._fd = fd
-        self.readable = readable
-        self.writable = writable
-
-    def __del__(self):
-        if getattr(self, '_fd', None) is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-
-    def __getstate__(self):
-        popen = context.get_spawning_popen()
-        if popen is None:
-            raise RuntimeError('%s objects should only be shared between '
-                               'processes through inheritance'
-                               % type(self).__name__)
-        return (popen.duplicate_for_child(self._check()),
-                self.readable, self.writable)
-
-    def __setstate__(self, state):
-        fd, self.readable, self.writable = state
-        if hasattr(fd, 'detach'):
-            fd = fd.detach()
-        self._fd = fd
-
-    def _check(self):
-        if self._fd is None:
-            raise OSError('handle is closed')
-        return self._fd
-
-    @property
-    def closed(self):
-        return self._fd is None
-
-    def fileno(self):
-        return self._check()
-
-    def close(self):
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-    def send_bytes(self, buf, offset=0, size=None):
-        m = memoryview(buf).cast('B')
-        if size is None:
-            size = len(m) - offset
-        _write_all(self._check(), _frame_parts(m[offset:offset + size]))
-
-    def recv_bytes(self, maxlength=None):
-        data = _read_frame(self._check())
-        if maxlength is not None and len(data) > maxlength:
-            raise OSError('bad message length')
-        return bytes(data)
-
-    def send(self, obj):
-        self.send_bytes(_ForkingPickler.dumps(obj))
-
-    def recv(self):
-        return _ForkingPickler.loads(_read_frame(self._check()))
-
-    def poll(self, timeout=0.0):
-        return _poll_fd(self._check(), timeout)
-
-
 def _pipe():
-    """A one-way pipe: (reader, writer) connection objects."""
-    try:
-        from .connection import Pipe
-    except ImportError:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        return _PipeEnd(r, True, False), _PipeEnd(w, False, True)
+    """A one-way pipe: (reader, writer) Connection objects."""
+    from .connection import Pipe
     return Pipe(duplex=False)
 
 
@@ -301,6 +184,10 @@ class Queue(object):
         self._close = None
         self._reader_fd = _fileno_or_none(self._reader)
         self._writer_fd = _fileno_or_none(self._writer)
+        # The C objects under the locks, for the one-call data path.
+        self._rsl = self._rlock._semlock
+        self._wsl = self._wlock._semlock
+        self._ssl = self._sem._semlock
 
     # ---------------------------------------------------------------- put
 
@@ -332,14 +219,13 @@ class Queue(object):
         with self._tlock:
             if not self._buffer and not state.busy:
                 try:
-                    n = _queue_send(self._writer_fd, self._wlock._semlock,
-                                    data, False)
+                    n = _queue_send(self._writer_fd, self._wsl, data, False)
                 except BrokenPipeError:
                     if self._ignore_epipe:
                         return
                     raise
-                if n > 0 and n == _frame_size(data):
-                    return
+                if n is None:
+                    return          # the whole frame is in the pipe
                 parts = _frame_parts(data)
                 if n > 0:
                     # Part of the frame is in the pipe and _wlock is still
@@ -455,8 +341,8 @@ class Queue(object):
             raise ValueError(f"Queue {self!r} is closed")
         # One C call: read lock, wait (GIL released), whole frame, size
         # counter, read lock again.
-        data = _queue_recv(self._reader_fd, self._rlock._semlock,
-                           self._sem._semlock, timeout if block else 0)
+        data = _queue_recv(self._reader_fd, self._rsl, self._ssl,
+                           timeout if block else 0)
         if data is None:
             raise Empty
         return _ForkingPickler.loads(data)

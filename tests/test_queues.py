@@ -434,7 +434,7 @@ class TestCQueuePath:
 
     def test_frames_round_trip_in_connection_format(self, pipe_and_locks):
         m, r, w, rl, wl = pipe_and_locks
-        assert m.queue_send(w, wl, b'abc', False) == 7
+        assert m.queue_send(w, wl, b'abc', False) is None
         assert os.read(r, 7) == b'\x00\x00\x00\x03abc'
         assert m.queue_send(w, wl, memoryview(b'xyz'), True) == 7
         assert m.queue_recv(r, rl, None, None) == b'xyz'
