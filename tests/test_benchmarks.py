@@ -106,7 +106,7 @@ def test_missing_api_is_reported_na_not_a_crash(tmp_path):
     rows = table_rows(r.stdout)
     assert rows['queue'][2] == 'n/a'
     assert float(rows['queue'][3]) > 0         # the stdlib still ran
-    assert 'queue: halfmp n/a (halfmp has no queues yet)' in r.stdout
+    assert 'queue: halfmp n/a (halfmp has no queues)' in r.stdout
     assert rows['process_forkserver'][2] == 'n/a'
     assert 'halfmp has no forkserver start method' in r.stdout
     data = json.loads(out.read_text())
