@@ -9,7 +9,7 @@ import pytest
 import multiprocessing_c
 from multiprocessing_c import util
 
-from conftest import run_python, write_script
+from testutil import run_python, write_script
 
 
 def test_levels_and_logger():
