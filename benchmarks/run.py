@@ -143,7 +143,9 @@ def render(headers, rows):
 
 
 def summarize(selected, impls, records, floor_results):
-    rows, notes = [], []
+    """The table's text, the notes under it, and {workload: {impl:
+    median or None}}."""
+    rows, notes, all_medians = [], [], {}
     has_floor = any(floor_results.values())
     for w in selected:
         recs = [r for r in records if r['workload'] == w.name]
@@ -179,9 +181,63 @@ def summarize(selected, impls, records, floor_results):
                 else:
                     row.append('-')
         rows.append(row)
+        all_medians[w.name] = medians
     headers = (['workload', 'unit'] + impls + (['C floor'] if has_floor else [])
                + (['speed-up'] if PRIMARY in impls and BASELINE in impls else []))
-    return render(headers, rows), notes
+    return render(headers, rows), notes, all_medians
+
+
+def plot(path, selected, impls, medians, title):
+    """Write a PNG of every implementation's speed-up over the stdlib per
+    workload; returns why not (matplotlib missing, no data) or None."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return 'matplotlib is not installed'
+    others = [i for i in impls if i != BASELINE]
+    names = [w.name for w in selected
+             if medians[w.name].get(BASELINE) is not None
+             and any(medians[w.name].get(i) is not None for i in others)]
+    if BASELINE not in impls or not others or not names:
+        return 'no workload has both %s and another implementation' % BASELINE
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) * len(others) + 1.5))
+    height = 0.8 / len(others)
+    lo, hi = 0.5, 2.0
+    for k, impl in enumerate(others):
+        ys, xs = [], []
+        for j, name in enumerate(names):
+            ours = medians[name].get(impl)
+            if ours is not None:
+                ys.append(j + k * height)
+                xs.append(medians[name][BASELINE] / ours)
+        # Bars grow from 1 (as fast as the stdlib) to the ratio.
+        ax.barh(ys, [x - 1 for x in xs], left=1, height=height, label=impl)
+        for y, x in zip(ys, xs):
+            ax.annotate('%.2fx' % x, (x, y), va='center', fontsize=7,
+                        xytext=(3 if x >= 1 else -3, 0),
+                        textcoords='offset points',
+                        ha='left' if x >= 1 else 'right')
+        lo, hi = min([lo] + xs), max([hi] + xs)
+    ax.axvline(1.0, color='black', linewidth=0.8)
+    ax.set_xscale('log')
+    ax.set_xlim(lo / 1.6, hi * 1.6)
+    ticks = [2.0 ** e for e in range(-8, 9) if lo / 1.6 <= 2.0 ** e <= hi * 1.6]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(['%gx' % t for t in ticks])
+    ax.minorticks_off()
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(names))])
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.set_xlabel('speed-up over %s (median time ratio, log scale; '
+                  'above 1 is faster)' % BASELINE)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc='lower right', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
 
 
 def list_workloads():
@@ -203,6 +259,9 @@ def parse_args(argv):
                     help='run only these workloads (see --list)')
     ap.add_argument('--json', metavar='FILE',
                     help='write every repetition and the machine to FILE')
+    ap.add_argument('--plot', metavar='FILE.png',
+                    help='draw the speed-ups over the stdlib as a PNG '
+                         '(needs matplotlib)')
     ap.add_argument('--list', action='store_true',
                     help='list the workloads and exit')
     ap.add_argument('--impls', metavar='MOD[,MOD]',
@@ -295,7 +354,7 @@ def main(argv=None):
             floor.cleanup()
     elapsed = time.monotonic() - started
 
-    table, notes = summarize(selected, impls, records, floor_results)
+    table, notes, medians = summarize(selected, impls, records, floor_results)
     print('%s run, %d repetitions, medians per operation; machine: %s CPUs, %s, '
           '%s, %s' % ('quick' if args.quick else 'full', reps, info['nproc'],
                       info['cpu'], info['python'], info['date']))
@@ -313,6 +372,12 @@ def main(argv=None):
         for note in notes:
             print('  ' + note)
     print('took %.0f s' % elapsed)
+    if args.plot:
+        why = plot(args.plot, selected, impls, medians,
+                   '%s CPUs, %s, %s, %s' % (info['nproc'], info['cpu'],
+                                            info['python'], info['date']))
+        print('plot %s' % ('written to ' + args.plot if why is None
+                           else 'not written: ' + why), file=sys.stderr)
 
     if args.json:
         data = {

@@ -2,6 +2,7 @@
 implementations, lists its workloads and reports what an implementation
 lacks as n/a.  No timing is ever asserted."""
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_python
+from testutil import ROOT, run_python
 
 sys.path.insert(0, ROOT)
 from benchmarks import workloads  # noqa: E402
@@ -151,3 +152,16 @@ def test_what_multiprocessing_c_lacks_today_is_na():
     assert r.returncode == 0, r.stderr
     assert table_rows(r.stdout)[name][2] == 'n/a'
     assert 'n/a (%s)' % reason in r.stdout
+
+
+def test_plot_is_written_or_says_why_not(tmp_path):
+    png = tmp_path / 'speedups.png'
+    r = bench(['--quick', '--only', CHEAP, '--reps', '1', '--no-floor',
+               '--plot', str(png)])
+    assert r.returncode == 0, r.stderr
+    if importlib.util.find_spec('matplotlib'):
+        assert 'plot written to' in r.stderr
+        assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    else:
+        assert 'plot not written: matplotlib is not installed' in r.stderr
+        assert not png.exists()
