@@ -112,20 +112,20 @@ def _start_join(mp, n, method):
     return elapsed
 
 
-@workload('process_fork', 'ms', ['start:fork'], 20, 100,
+@workload('process_fork', 'ms', ['start:fork'], 10, 100,
           floor=('fork_wait', []), what='Process(target=noop) start+join, fork')
 def process_fork(mp, n):
     return _start_join(mp, n, 'fork')
 
 
-@workload('process_spawn', 'ms', ['start:spawn'], 3, 10,
+@workload('process_spawn', 'ms', ['start:spawn'], 2, 6,
           floor=('spawn_true', []),
           what='Process(target=noop) start+join, spawn (floor: posix_spawn of /bin/true)')
 def process_spawn(mp, n):
     return _start_join(mp, n, 'spawn')
 
 
-@workload('process_forkserver', 'ms', ['start:forkserver'], 10, 30,
+@workload('process_forkserver', 'ms', ['start:forkserver'], 5, 20,
           floor=('fork_wait', []),
           what='Process(target=noop) start+join, forkserver')
 def process_forkserver(mp, n):
@@ -176,7 +176,7 @@ def _pipe_pingpong(mp, n, child, send, recv, msg, stop, warm=50):
     return elapsed
 
 
-@workload('pipe_obj', 'us', ['connection'], 5000, 25000,
+@workload('pipe_obj', 'us', ['connection'], 3000, 15000,
           floor=('pipe_roundtrip', [_SMALL_LEN]),
           what='Pipe() send/recv round trip of a small tuple')
 def pipe_obj(mp, n):
@@ -184,7 +184,7 @@ def pipe_obj(mp, n):
                           lambda c: c.recv(), SMALL_OBJ, None)
 
 
-@workload('pipe_bytes_64', 'us', ['connection'], 5000, 25000,
+@workload('pipe_bytes_64', 'us', ['connection'], 3000, 15000,
           floor=('pipe_roundtrip', [64 + 4]),
           what='Pipe() send_bytes/recv_bytes round trip, 64 bytes')
 def pipe_bytes_64(mp, n):
@@ -192,7 +192,7 @@ def pipe_bytes_64(mp, n):
                           lambda c: c.recv_bytes(), b'x' * 64, b'')
 
 
-@workload('pipe_bytes_1m', 'us', ['connection'], 100, 500,
+@workload('pipe_bytes_1m', 'us', ['connection'], 60, 250,
           floor=('pipe_roundtrip', [(1 << 20) + 4]),
           what='Pipe() send_bytes/recv_bytes round trip, 1 MiB')
 def pipe_bytes_1m(mp, n):
@@ -232,13 +232,13 @@ def _queue_stream(mp, n, factory):
     return elapsed
 
 
-@workload('queue', 'us', ['queues'], 10000, 50000,
+@workload('queue', 'us', ['queues'], 5000, 30000,
           what='Queue: put() in the parent, get() in a child, per item')
 def queue(mp, n):
     return _queue_stream(mp, n, lambda ctx: ctx.Queue())
 
 
-@workload('simplequeue', 'us', ['queues'], 10000, 50000,
+@workload('simplequeue', 'us', ['queues'], 5000, 30000,
           what='SimpleQueue: put() in the parent, get() in a child, per item')
 def simplequeue(mp, n):
     return _queue_stream(mp, n, lambda ctx: ctx.SimpleQueue())
@@ -250,7 +250,7 @@ def _consume_joinable(q, n):
         q.task_done()
 
 
-@workload('joinablequeue', 'us', ['queues'], 10000, 50000,
+@workload('joinablequeue', 'us', ['queues'], 5000, 30000,
           what='JoinableQueue: put() in the parent, get()+task_done() in a '
                'child, then join(), per item')
 def joinablequeue(mp, n):
@@ -284,14 +284,14 @@ def _acquire_release(lock, n):
     return perf_counter() - t0
 
 
-@workload('lock', 'ns', ['synchronize'], 200000, 1000000,
+@workload('lock', 'ns', ['synchronize'], 100000, 1000000,
           floor=('sem_uncontended', []),
           what='Lock acquire()+release(), uncontended')
 def lock(mp, n):
     return _acquire_release(_ctx(mp).Lock(), n)
 
 
-@workload('rlock', 'ns', ['synchronize'], 200000, 1000000,
+@workload('rlock', 'ns', ['synchronize'], 100000, 1000000,
           floor=('sem_uncontended', []),
           what='RLock acquire()+release(), uncontended')
 def rlock(mp, n):
@@ -304,7 +304,7 @@ def _sem_echo(ping, pong, total):
         pong.release()
 
 
-@workload('semaphore_pingpong', 'us', ['synchronize'], 5000, 25000,
+@workload('semaphore_pingpong', 'us', ['synchronize'], 3000, 20000,
           floor=('sem_pingpong', []),
           what='Semaphore release/acquire round trip between two processes')
 def semaphore_pingpong(mp, n):
@@ -331,7 +331,7 @@ def _event_echo(ping, pong, total):
         pong.set()
 
 
-@workload('event_pingpong', 'us', ['synchronize'], 3000, 15000,
+@workload('event_pingpong', 'us', ['synchronize'], 2000, 10000,
           floor=('sem_pingpong', []),
           what='Event set/wait/clear round trip between two processes')
 def event_pingpong(mp, n):
@@ -363,7 +363,7 @@ def _cond_echo(cond, turn, total):
 
 
 @workload('condition_pingpong', 'us', ['synchronize', 'sharedctypes'],
-          3000, 15000, floor=('sem_pingpong', []),
+          2000, 10000, floor=('sem_pingpong', []),
           what='Condition notify/wait_for round trip between two processes '
                '(turn flag in a RawValue)')
 def condition_pingpong(mp, n):
@@ -391,7 +391,7 @@ def condition_pingpong(mp, n):
 # Shared memory
 
 @workload('value_increment', 'ns', ['sharedctypes', 'synchronize'],
-          100000, 500000, floor=('sem_uncontended', []),
+          50000, 300000, floor=('sem_uncontended', []),
           what="Value('i') += 1 under its get_lock()")
 def value_increment(mp, n):
     v = _ctx(mp).Value('i', 0)
@@ -418,21 +418,21 @@ def _create_many(factory, n):
     return perf_counter() - t0
 
 
-@workload('array_create', 'us', ['sharedctypes', 'synchronize'], 1500, 8000,
+@workload('array_create', 'us', ['sharedctypes', 'synchronize'], 1000, 4000,
           what="Array('d', 1000) creation (with its lock) and release")
 def array_create(mp, n):
     ctx = _ctx(mp)
     return _create_many(lambda: ctx.Array('d', 1000), n)
 
 
-@workload('rawarray_create', 'us', ['sharedctypes'], 3000, 15000,
+@workload('rawarray_create', 'us', ['sharedctypes'], 2000, 10000,
           what="RawArray('d', 1000) creation and release")
 def rawarray_create(mp, n):
     ctx = _ctx(mp)
     return _create_many(lambda: ctx.RawArray('d', 1000), n)
 
 
-@workload('shm_create_attach', 'us', ['shared_memory'], 500, 2500,
+@workload('shm_create_attach', 'us', ['shared_memory'], 300, 2000,
           floor=('shm_create_attach', [65536]),
           what='SharedMemory(create=True, size=64 KiB), attach by name, '
                'close both, unlink')
@@ -464,7 +464,7 @@ def _square(x):
 MAP_ITEMS = 100000
 
 
-@workload('pool_map', 'ms', ['pool'], 1, 5,
+@workload('pool_map', 'ms', ['pool'], 1, 4,
           what='Pool(2).map(square, range(100000)), per map call')
 def pool_map(mp, n):
     with _ctx(mp).Pool(2) as pool:
@@ -478,7 +478,7 @@ def pool_map(mp, n):
     return elapsed
 
 
-@workload('pool_imap_unordered', 'us', ['pool'], 1500, 8000,
+@workload('pool_imap_unordered', 'us', ['pool'], 1000, 6000,
           what='Pool(2).imap_unordered(square, range(n)) (chunksize 1), per item')
 def pool_imap_unordered(mp, n):
     with _ctx(mp).Pool(2) as pool:
@@ -491,7 +491,7 @@ def pool_imap_unordered(mp, n):
     return elapsed
 
 
-@workload('pool_apply_async', 'us', ['pool'], 500, 3000,
+@workload('pool_apply_async', 'us', ['pool'], 300, 2000,
           what='Pool(2).apply_async(square, (3,)).get() round trip')
 def pool_apply_async(mp, n):
     with _ctx(mp).Pool(2) as pool:
@@ -503,7 +503,7 @@ def pool_apply_async(mp, n):
         return perf_counter() - t0
 
 
-@workload('pool_start', 'ms', ['pool'], 3, 10,
+@workload('pool_start', 'ms', ['pool'], 3, 8,
           what='Pool(2) start, close(), join()')
 def pool_start(mp, n):
     ctx = _ctx(mp)
@@ -521,7 +521,7 @@ def pool_start(mp, n):
 # --------------------------------------------------------------------------
 # Managers
 
-@workload('manager_dict', 'us', ['managers'], 1000, 5000,
+@workload('manager_dict', 'us', ['managers'], 500, 4000,
           what='Manager().dict(): d[k] = v then d[k], per pair')
 def manager_dict(mp, n):
     with _ctx(mp).Manager() as m:
@@ -539,7 +539,7 @@ def manager_dict(mp, n):
     return elapsed
 
 
-@workload('manager_start', 'ms', ['managers'], 3, 10,
+@workload('manager_start', 'ms', ['managers'], 3, 8,
           what='Manager() start and shutdown')
 def manager_start(mp, n):
     ctx = _ctx(mp)
