@@ -293,9 +293,10 @@ def main(argv=None):
         selected = [workloads.get(s) for s in wanted]
     if args.impls:
         impls = [s.strip() for s in args.impls.split(',') if s.strip()]
+        peers = []
     else:
-        impls = [PRIMARY, BASELINE] + [p for p in PEERS
-                                       if importlib.util.find_spec(p)]
+        impls = [PRIMARY, BASELINE]
+        peers = [p for p in PEERS if importlib.util.find_spec(p)]
     for impl in impls:
         why = importable(impl)
         if why:
@@ -303,6 +304,13 @@ def main(argv=None):
                     if impl == PRIMARY else '')
             print('cannot import %s: %s%s' % (impl, why, hint), file=sys.stderr)
             return 2
+    for peer in peers:
+        # A peer found but broken is left out, not a reason to stop.
+        why = importable(peer)
+        if why:
+            print('leaving out %s: %s' % (peer, why), file=sys.stderr)
+        else:
+            impls.append(peer)
     reps = args.reps or (3 if args.quick else 5)
     timeout = args.timeout or (60 if args.quick else 180)
     info = machine_info()
