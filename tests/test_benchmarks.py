@@ -117,6 +117,51 @@ def test_missing_api_is_reported_na_not_a_crash(tmp_path):
     assert by['queue', 'multiprocessing']['n'] == workloads.get('queue').n_quick
 
 
+BROKEN = '''"""An implementation whose Pipe hangs and whose Lock raises."""
+import time
+
+
+class _Context:
+    def Pipe(self, duplex=True):
+        time.sleep(600)
+
+    def Lock(self):
+        raise RuntimeError('broken on purpose')
+
+
+def get_context(method=None):
+    return _Context()
+
+
+def get_all_start_methods():
+    return ['fork']
+'''
+
+
+def test_hang_times_out_and_error_is_reported(tmp_path):
+    pkg = tmp_path / 'brokenmp'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text(BROKEN)
+    (pkg / 'connection.py').write_text('')
+    (pkg / 'synchronize.py').write_text('')
+    out = tmp_path / 'runs.json'
+    r = bench(['--quick', '--reps', '2', '--no-floor', '--timeout', '3',
+               '--impls', 'brokenmp,multiprocessing', '--only', 'pipe_obj,lock',
+               '--json', str(out)],
+              PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    assert r.returncode == 0, r.stderr
+    rows = table_rows(r.stdout)
+    assert rows['pipe_obj'][2] == 'timeout'
+    assert rows['lock'][2] == 'error'
+    assert float(rows['lock'][3]) > 0
+    assert 'pipe_obj: brokenmp timeout (no result after 3 s)' in r.stdout
+    assert 'RuntimeError: broken on purpose' in r.stdout
+    runs = json.loads(out.read_text())['runs']
+    # After a failure the remaining repetitions of that pair are skipped.
+    assert [x['status'] for x in runs if x['impl'] == 'brokenmp'] == ['timeout', 'error']
+    assert sum(x['impl'] == 'multiprocessing' for x in runs) == 4
+
+
 def test_json_holds_every_repetition(tmp_path):
     out = tmp_path / 'runs.json'
     r = bench(['--quick', '--only', CHEAP, '--reps', '3', '--no-floor',
