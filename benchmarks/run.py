@@ -72,6 +72,7 @@ def run_worker(impl, name, n, timeout):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
+    killed = False
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -80,16 +81,21 @@ def run_worker(impl, name, n, timeout):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        proc.communicate()
-        return {'status': 'timeout',
-                'reason': 'no result after %.0f s' % timeout}
-    finally:
-        wall = time.monotonic() - t0
+        out, err = proc.communicate()
+        killed = True
+    wall = time.monotonic() - t0
     for line in reversed(out.splitlines()):
         if line.startswith(MARKER):
             result = json.loads(line[len(MARKER):])
             result['wall'] = round(wall, 3)
+            if killed:
+                # Measured, but then hung on its way out (say, joining
+                # a helper at exit): keep the figure, tell of the hang.
+                result['note'] = 'worker hung at exit and was killed after %.0f s' % timeout
             return result
+    if killed:
+        return {'status': 'timeout', 'wall': round(wall, 3),
+                'reason': 'no result after %.0f s' % timeout}
     tail = (err.strip().splitlines() or ['no output'])[-1]
     return {'status': 'error', 'wall': round(wall, 3),
             'reason': 'worker exited with %s: %s' % (proc.returncode, tail)}
@@ -156,6 +162,11 @@ def summarize(selected, impls, records, floor_results):
             medians[impl] = med
             if med is not None:
                 row.append(fmt(med))
+                for r in recs:
+                    if r['impl'] == impl and (r['status'] != 'ok' or r.get('note')):
+                        notes.append('%s: %s repetition %d: %s' % (
+                            w.name, impl, r['rep'],
+                            r.get('note') or '%s (%s)' % (r['status'], r.get('reason', ''))))
             else:
                 status = bad['status'] if bad else 'skipped'
                 row.append({'na': 'n/a'}.get(status, status))

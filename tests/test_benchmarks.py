@@ -145,7 +145,7 @@ def test_hang_times_out_and_error_is_reported(tmp_path):
     (pkg / 'connection.py').write_text('')
     (pkg / 'synchronize.py').write_text('')
     out = tmp_path / 'runs.json'
-    r = bench(['--quick', '--reps', '2', '--no-floor', '--timeout', '3',
+    r = bench(['--quick', '--reps', '2', '--no-floor', '--timeout', '2',
                '--impls', 'brokenmp,multiprocessing', '--only', 'pipe_obj,lock',
                '--json', str(out)],
               PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
@@ -154,12 +154,46 @@ def test_hang_times_out_and_error_is_reported(tmp_path):
     assert rows['pipe_obj'][2] == 'timeout'
     assert rows['lock'][2] == 'error'
     assert float(rows['lock'][3]) > 0
-    assert 'pipe_obj: brokenmp timeout (no result after 3 s)' in r.stdout
+    assert 'pipe_obj: brokenmp timeout (no result after 2 s)' in r.stdout
     assert 'RuntimeError: broken on purpose' in r.stdout
     runs = json.loads(out.read_text())['runs']
     # After a failure the remaining repetitions of that pair are skipped.
     assert [x['status'] for x in runs if x['impl'] == 'brokenmp'] == ['timeout', 'error']
     assert sum(x['impl'] == 'multiprocessing' for x in runs) == 4
+
+
+HANGS_AT_EXIT = '''"""An implementation whose RLock works but whose process then never exits."""
+import atexit
+import threading
+import time
+
+
+class _Context:
+    def RLock(self):
+        atexit.register(time.sleep, 600)
+        return threading.RLock()
+
+
+def get_context(method=None):
+    return _Context()
+
+
+def get_all_start_methods():
+    return ['fork']
+'''
+
+
+def test_figure_kept_when_worker_hangs_after_its_result(tmp_path):
+    pkg = tmp_path / 'exitmp'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text(HANGS_AT_EXIT)
+    (pkg / 'synchronize.py').write_text('')
+    r = bench(['--quick', '--reps', '1', '--no-floor', '--timeout', '2',
+               '--impls', 'exitmp', '--only', 'rlock'],
+              PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    assert r.returncode == 0, r.stderr
+    assert float(table_rows(r.stdout)['rlock'][2]) > 0
+    assert 'rlock: exitmp repetition 0: worker hung at exit and was killed' in r.stdout
 
 
 def test_json_holds_every_repetition(tmp_path):
