@@ -201,6 +201,47 @@ def pipe_bytes_1m(mp, n):
                           warm=5)
 
 
+def _sink_bytes(conn, n):
+    recv = conn.recv_bytes
+    for _ in range(n):
+        recv()
+    conn.send_bytes(b'done')
+    conn.close()
+
+
+def _pipe_stream(mp, n, msg, warm):
+    """One way: the parent sends n messages, a child receives them all
+    and says done; per message."""
+    ctx = _ctx(mp)
+    a, b = ctx.Pipe()
+    p = _start(ctx, _sink_bytes, b, warm + n)
+    b.close()
+    send = a.send_bytes
+    for _ in range(warm):
+        send(msg)
+    t0 = perf_counter()
+    for _ in range(n):
+        send(msg)
+    if a.recv_bytes() != b'done':
+        raise RuntimeError('bad reply')
+    elapsed = perf_counter() - t0
+    _finish(p)
+    a.close()
+    return elapsed
+
+
+@workload('pipe_stream_64', 'us', ['connection'], 20000, 100000,
+          what='Pipe() send_bytes one way to a child, 64 bytes, per message')
+def pipe_stream_64(mp, n):
+    return _pipe_stream(mp, n, b'x' * 64, 200)
+
+
+@workload('pipe_stream_1m', 'us', ['connection'], 100, 500,
+          what='Pipe() send_bytes one way to a child, 1 MiB, per message')
+def pipe_stream_1m(mp, n):
+    return _pipe_stream(mp, n, b'x' * (1 << 20), 5)
+
+
 # --------------------------------------------------------------------------
 # Queues: a stream of small items from the parent to a consuming child
 
