@@ -13,6 +13,7 @@ SRC = os.path.join(HERE, 'floor')
 # second each.
 ITERATIONS = {
     'pipe_roundtrip': 20000,
+    'pipe_stream': 100000,
     'sem_pingpong': 20000,
     'sem_uncontended': 2000000,
     'fork_wait': 300,

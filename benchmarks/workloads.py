@@ -231,12 +231,14 @@ def _pipe_stream(mp, n, msg, warm):
 
 
 @workload('pipe_stream_64', 'us', ['connection'], 20000, 100000,
+          floor=('pipe_stream', [64 + 4]),
           what='Pipe() send_bytes one way to a child, 64 bytes, per message')
 def pipe_stream_64(mp, n):
     return _pipe_stream(mp, n, b'x' * 64, 200)
 
 
 @workload('pipe_stream_1m', 'us', ['connection'], 100, 500,
+          floor=('pipe_stream', [(1 << 20) + 4]),
           what='Pipe() send_bytes one way to a child, 1 MiB, per message')
 def pipe_stream_1m(mp, n):
     return _pipe_stream(mp, n, b'x' * (1 << 20), 5)
