@@ -286,7 +286,7 @@ def parse_args(argv):
     ap.add_argument('--no-floor', action='store_true',
                     help='do not build and run the C floor programs')
     ap.add_argument('--timeout', type=float,
-                    help='seconds one repetition may take (default 60 quick, 180 full)')
+                    help='seconds one repetition may take (default 20 quick, 60 full)')
     return ap.parse_args(argv)
 
 
@@ -325,7 +325,7 @@ def main(argv=None):
         else:
             impls.append(peer)
     reps = args.reps or (3 if args.quick else 5)
-    timeout = args.timeout or (60 if args.quick else 180)
+    timeout = args.timeout or (20 if args.quick else 60)
     info = machine_info()
 
     floor = None if args.no_floor else floor_mod.Floor()
