@@ -18,6 +18,10 @@ mpcore_exec(PyObject *module)
     mp_state *st = mp_get_state(module);
     if (mp_spawn_init(module, st) < 0)
         return -1;
+    if (mp_heap_init(module, st) < 0)
+        return -1;
+    if (mp_shm_init(module, st) < 0)
+        return -1;
     return 0;
 }
 
@@ -28,6 +32,8 @@ mpcore_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->SemLockType);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->ArenaType);
+    Py_VISIT(st->BlockType);
+    Py_VISIT(st->HeapType);
     return 0;
 }
 
@@ -38,6 +44,8 @@ mpcore_clear(PyObject *module)
     Py_CLEAR(st->SemLockType);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->ArenaType);
+    Py_CLEAR(st->BlockType);
+    Py_CLEAR(st->HeapType);
     return 0;
 }
 

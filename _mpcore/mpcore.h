@@ -20,6 +20,8 @@ typedef struct {
     PyTypeObject *SemLockType;      /* semaphore.c */
     PyTypeObject *ConnectionType;   /* connection.c */
     PyTypeObject *ArenaType;        /* heap.c */
+    PyTypeObject *BlockType;        /* heap.c */
+    PyTypeObject *HeapType;         /* heap.c */
 } mp_state;
 
 extern PyModuleDef mp_module_def;
@@ -108,5 +110,7 @@ void mp_deadline_timespec(int64_t deadline, struct timespec *ts);
 
 /* ---- one init per concept, called in order by module.c ---- */
 int mp_spawn_init(PyObject *module, mp_state *st);
+int mp_heap_init(PyObject *module, mp_state *st);
+int mp_shm_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */

@@ -20,8 +20,6 @@ STDLIB_SUBMODULES = sorted(
 NOT_YET = {
     'connection': 'issue 5', 'resource_sharer': 'issue 5',
     'synchronize': 'issue 6', 'queues': 'issue 6',
-    'heap': 'issue 7', 'sharedctypes': 'issue 7',
-    'shared_memory': 'issue 7', 'resource_tracker': 'issue 7',
     'forkserver': 'issue 8', 'popen_forkserver': 'issue 8',
     'managers': 'issue 9',
     'pool': 'issue 10', 'dummy': 'issue 10',
