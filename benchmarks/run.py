@@ -376,8 +376,9 @@ def main(argv=None):
     elapsed = time.monotonic() - started
 
     table, notes, medians = summarize(selected, impls, records, floor_results)
-    print('%s run, %d repetitions, medians per operation; machine: %s CPUs, %s, '
-          '%s, %s' % ('quick' if args.quick else 'full', reps, info['nproc'],
+    print('%s run, %d repetition%s, medians per operation; machine: %s CPUs, '
+          '%s, %s, %s' % ('quick' if args.quick else 'full', reps,
+                          '' if reps == 1 else 's', info['nproc'],
                       info['cpu'], info['python'], info['date']))
     print()
     print(table)
