@@ -22,6 +22,12 @@ mpcore_exec(PyObject *module)
         return -1;
     if (mp_shm_init(module, st) < 0)
         return -1;
+    if (mp_connection_init(module, st) < 0)
+        return -1;
+    if (mp_wait_init(module, st) < 0)
+        return -1;
+    if (mp_fdpass_init(module, st) < 0)
+        return -1;
     return 0;
 }
 

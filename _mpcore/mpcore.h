@@ -112,5 +112,8 @@ void mp_deadline_timespec(int64_t deadline, struct timespec *ts);
 int mp_spawn_init(PyObject *module, mp_state *st);
 int mp_heap_init(PyObject *module, mp_state *st);
 int mp_shm_init(PyObject *module, mp_state *st);
+int mp_connection_init(PyObject *module, mp_state *st);
+int mp_wait_init(PyObject *module, mp_state *st);
+int mp_fdpass_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */
