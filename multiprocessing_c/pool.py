@@ -611,7 +611,7 @@ class Pool:
     def _get_feeder(self):
         if self._feeder is None:
             self._feeder = _Feeder(self._dispatcher,
-                                   max(64, 4 * self._processes))
+                                   max(256, 8 * self._processes))
         return self._feeder
 
     # -- lifetime
@@ -712,7 +712,7 @@ class _Feeder:
                 if self._stopping:
                     return
                 while disp.backlog() >= self._limit and not self._stopping:
-                    time.sleep(0.002)
+                    disp.wait_for_space(self._limit // 2)
                 i += 1
                 if chunksize == 1:
                     # No chunk to unpack in the worker: one call per item.
@@ -791,6 +791,8 @@ class _ProcessDispatcher:
         os.set_blocking(self._wake_w, False)
         self._wake_pending = False
         self._fork = _start_method(ctx) == 'fork'
+        self._space = threading.Event()
+        self._space_low = -1
 
     # -- called from the pool's threads
 
@@ -810,6 +812,14 @@ class _ProcessDispatcher:
 
     def backlog(self):
         return self.taskqueue.qsize()
+
+    def wait_for_space(self, low):
+        # The feeder sleeps until the handler has drained the backlog to
+        # `low` tasks (checked after each dispatch), or briefly.
+        self._space_low = low
+        self._space.clear()
+        if self.taskqueue.qsize() > low:
+            self._space.wait(0.05)
 
     def wake(self):
         if not self._wake_pending:
@@ -897,6 +907,9 @@ class _ProcessDispatcher:
         while not self._terminating:
             self._maintain()
             self._dispatch()
+            if self._space_low >= 0 and self.taskqueue.qsize() <= self._space_low:
+                self._space_low = -1
+                self._space.set()
             if self._closing and self._idle():
                 return
             objs = {self._wake_r: None}
@@ -1243,6 +1256,9 @@ class _ThreadDispatcher:
 
     def backlog(self):
         return self.taskqueue.qsize()
+
+    def wait_for_space(self, low):
+        time.sleep(0.001)
 
     def wake(self):
         pass
