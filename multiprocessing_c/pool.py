@@ -793,6 +793,8 @@ class _ProcessDispatcher:
         self._fork = _start_method(ctx) == 'fork'
         self._space = threading.Event()
         self._space_low = -1
+        self._waitset_dirty = True
+        self._timed = False      # some worker has a deadline or lost its pipe
 
     # -- called from the pool's threads
 
@@ -881,6 +883,7 @@ class _ProcessDispatcher:
         child_conn.close()
         rec = _Worker(w, parent_conn)
         self._records.append(rec)
+        self._waitset_dirty = True
         self._workers.append(w)
         util.debug('added worker')
         return rec
@@ -912,13 +915,17 @@ class _ProcessDispatcher:
                 self._space.set()
             if self._closing and self._idle():
                 return
-            objs = {self._wake_r: None}
-            for r in self._records:
-                if r.conn is not None and r.eof_at is None:
-                    objs[r.conn] = r
-                objs[r.sentinel] = r
-            timeout = self._next_timeout()
-            ready = wait(list(objs), timeout)
+            if self._waitset_dirty:
+                # Rebuilt only when a worker comes, goes or loses its pipe.
+                self._waitset_dirty = False
+                objs = {self._wake_r: None}
+                for r in self._records:
+                    if r.conn is not None and r.eof_at is None:
+                        objs[r.conn] = r
+                    objs[r.sentinel] = r
+                objlist = list(objs)
+            timeout = self._next_timeout() if self._timed else None
+            ready = wait(objlist, timeout)
             for obj in ready:
                 if isinstance(obj, int) and obj == self._wake_r:
                     # Drain, then clear: a wake() in between then writes
@@ -936,7 +943,8 @@ class _ProcessDispatcher:
                     self._on_readable(rec)
                 else:
                     self._reap(rec)
-            self._check_deadlines()
+            if self._timed:
+                self._check_deadlines()
 
     def _idle(self):
         return (not self._retry and self.taskqueue.empty()
@@ -950,6 +958,7 @@ class _ProcessDispatcher:
                 if t and (nearest is None or t < nearest):
                     nearest = t
         if nearest is None:
+            self._timed = False
             return None
         return max(0.0, nearest - now)
 
@@ -1036,9 +1045,9 @@ class _ProcessDispatcher:
             rec.ready = False
             return True
         rec.tasks.append(task)
-        if len(rec.tasks) == 1:
-            rec.deadline = (None if timeout is None
-                            else time.monotonic() + timeout)
+        if len(rec.tasks) == 1 and timeout is not None:
+            rec.deadline = time.monotonic() + timeout
+            self._timed = True
         return True
 
     def _on_readable(self, rec):
@@ -1046,6 +1055,7 @@ class _ProcessDispatcher:
             data = rec.conn.recv_bytes()
         except (EOFError, OSError):
             rec.eof_at = time.monotonic()
+            self._waitset_dirty = self._timed = True
             return
         self._on_message(rec, data)
         for depth in (1, 2):
@@ -1068,6 +1078,7 @@ class _ProcessDispatcher:
         rec.deadline = None
         if rec.tasks and rec.tasks[0][3] is not None:
             rec.deadline = time.monotonic() + rec.tasks[0][3]
+            self._timed = True
         rec.done += 1
         if self._maxtasks is not None and rec.done >= self._maxtasks:
             self._retire(rec)
@@ -1100,6 +1111,7 @@ class _ProcessDispatcher:
         exitcode = rec.process.exitcode
         pid = rec.process.pid
         self._records.remove(rec)
+        self._waitset_dirty = True
         try:
             self._workers.remove(rec.process)
         except ValueError:
