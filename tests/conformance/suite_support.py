@@ -2,8 +2,10 @@
 (test._test_multiprocessing of the running interpreter) runs against multiprocessing_c, one subprocess per start
 method, all selected methods in parallel, and hands each test's outcome to
 the pytest item named after it."""
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,12 @@ SUITE_TIMEOUT = int(os.environ.get('MPC_CONFORMANCE_TIMEOUT', '1800'))
 # 'alias' tests multiprocessing_c; 'stdlib' runs the same harness against
 # the stdlib, to check the harness itself.
 TARGET = os.environ.get('MPC_CONFORMANCE_TARGET', 'alias')
+
+# Every run's files (suite modules, JSON, logs) go below one directory,
+# removed at exit unless MPC_CONFORMANCE_KEEP is set.
+WORKROOT = tempfile.mkdtemp(prefix='mpc-conformance-')
+if not os.environ.get('MPC_CONFORMANCE_KEEP'):
+    atexit.register(shutil.rmtree, WORKROOT, True)
 
 
 def suite_env():
@@ -54,7 +62,7 @@ class SuiteRuns:
     """One background run per start method, started together on first use."""
 
     def __init__(self):
-        self.workdir = tempfile.mkdtemp(prefix='mpc-conformance-')
+        self.workdir = os.path.join(WORKROOT, 'run')
         self.wanted = set()
         self.results = {}
         self.threads = {}

@@ -8,11 +8,10 @@ shrinks), or fails here with CPython's traceback.
 import functools
 import importlib.util
 import os
-import tempfile
 
 import pytest
 
-from suite_support import HERE, TARGET, run_child
+from suite_support import HERE, TARGET, WORKROOT, run_child
 
 ALL_METHODS = ('fork', 'spawn', 'forkserver')
 
@@ -42,7 +41,8 @@ def load_known_failures():
 @functools.lru_cache()
 def list_tests(method):
     """Ask a fresh interpreter for the suite's test ids under `method`."""
-    workdir = tempfile.mkdtemp(prefix='mpc-list-')
+    workdir = os.path.join(WORKROOT, 'list-' + method)
+    os.makedirs(workdir, exist_ok=True)
     return run_child(method, workdir, extra=['--list'], timeout=120)
 
 
