@@ -20,7 +20,6 @@ STDLIB_SUBMODULES = sorted(
 NOT_YET = {
     'synchronize': 'issue 6', 'queues': 'issue 6',
     'forkserver': 'issue 8', 'popen_forkserver': 'issue 8',
-    'managers': 'issue 9',
     'pool': 'issue 10', 'dummy': 'issue 10',
 }
 
