@@ -383,10 +383,14 @@ class Server:
                 try:
                     ident, methodname, args, kwds = request
                     obj, exposed, gettypeid = id_to_obj[ident]
-                    if methodname not in exposed:
-                        raise LookupError
-                    function = getattr(obj, methodname)
+                    function = (getattr(obj, methodname)
+                                if methodname in exposed else None)
                 except Exception:
+                    function = None
+                if function is None:
+                    # Anything else (the server's own methods, '#DECREF',
+                    # fallbacks, errors), outside the except clause so that
+                    # tracebacks do not show the fast path's miss.
                     reply = self._serve_one(conn, request)
                     if reply is None:
                         continue
