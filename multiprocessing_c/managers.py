@@ -29,7 +29,11 @@ vanish between the reply and the claim.  Inside the server process,
 proxies to the server's own objects call it directly, without a socket.
 """
 import array
+import collections
+import copyreg
+import io
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -67,6 +71,24 @@ def rebuild_as_list(obj):
 for _view in (type({}.items()), type({}.keys()), type({}.values())):
     reduction.register(_view, rebuild_as_list)
 del _view
+
+# The package's pickler without its per-call cost: ForkingPickler copies
+# the dispatch table for every message, this one reads it in place.
+_dispatch_table = collections.ChainMap(
+    reduction.ForkingPickler._extra_reducers, copyreg.dispatch_table)
+
+
+class _Pickler(pickle.Pickler):
+    dispatch_table = _dispatch_table
+
+
+def _dumps(obj, _BytesIO=io.BytesIO, _Pickler=_Pickler):
+    buf = _BytesIO()
+    _Pickler(buf).dump(obj)
+    return buf.getbuffer()
+
+
+_loads = pickle.loads
 
 # ---------------------------------------------------------------------------
 # Tokens, errors and the request helper.
@@ -220,22 +242,25 @@ class _LocalConnection:
         self._server = server
         self._replies = threading.local()
 
-    def send(self, obj):
-        request = reduction.ForkingPickler.loads(
-            reduction.ForkingPickler.dumps(obj))
-        reply = self._server._serve_one(self, request)
+    def send_bytes(self, buf):
+        reply = self._server._serve_one(self, _loads(buf))
         if reply is not None:
             try:
-                reply = reduction.ForkingPickler.loads(
-                    reduction.ForkingPickler.dumps(reply))
+                data = _dumps(reply)
             except Exception:
-                reply = ('#UNSERIALIZABLE', format_exc())
-            self._replies.value = reply
+                data = _dumps(('#UNSERIALIZABLE', format_exc()))
+            self._replies.value = data
+
+    def recv_bytes(self):
+        data = self._replies.value
+        del self._replies.value
+        return data
+
+    def send(self, obj):
+        self.send_bytes(_dumps(obj))
 
     def recv(self):
-        reply = self._replies.value
-        del self._replies.value
-        return reply
+        return _loads(self.recv_bytes())
 
     def close(self):
         pass
@@ -266,6 +291,7 @@ class Server:
                     authkey, type(authkey)))
         self.registry = registry
         self.authkey = process.AuthenticationString(authkey)
+        self._serializer = serializer
         Listener, Client = _listener_client(serializer)
         # A deep backlog: many clients may connect at the same moment.
         self.listener = Listener(address=address, backlog=128)
@@ -366,8 +392,18 @@ class Server:
 
     def serve_client(self, conn):
         """Serve requests on `conn` until the client goes away."""
-        recv = conn.recv
-        send = conn.send
+        if self._serializer == 'pickle':
+            recv_bytes = conn.recv_bytes
+            send_bytes = conn.send_bytes
+
+            def recv():
+                return _loads(recv_bytes())
+
+            def send(obj):
+                send_bytes(_dumps(obj))
+        else:
+            recv = conn.recv
+            send = conn.send
         id_to_obj = self.id_to_obj
         while True:
             try:
@@ -880,6 +916,7 @@ class BaseProxy:
         self._manager = manager
         self._serializer = serializer
         self._Client = _listener_client(serializer)[1]
+        self._bytes_path = serializer == 'pickle'
         # Set when the manager itself keeps the reference (never counted).
         self._owned_by_manager = manager_owned
         if authkey is not None:
@@ -906,8 +943,12 @@ class BaseProxy:
         except AttributeError:
             conn = self._connect()
         try:
-            conn.send((self._id, methodname, args, kwds))
-            kind, result = conn.recv()
+            if self._bytes_path:
+                conn.send_bytes(_dumps((self._id, methodname, args, kwds)))
+                kind, result = _loads(conn.recv_bytes())
+            else:
+                conn.send((self._id, methodname, args, kwds))
+                kind, result = conn.recv()
         except BaseException:
             _drop_connection(tls, conn)
             raise
