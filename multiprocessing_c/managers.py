@@ -355,18 +355,21 @@ class Server:
         self._handle_request(conn)
 
     def _handle_request(self, conn):
+        methodname = None
         try:
             request = conn.recv()
-        except Exception:
+        except (EOFError, OSError):
             conn.close()
             return
-        try:
-            ignored, methodname, args, kwds = request
         except Exception:
-            methodname = None
-            reply = ('#TRACEBACK', 'malformed request %r\n' % (request,))
+            reply = ('#TRACEBACK', format_exc())
         else:
-            reply = self._control(conn, methodname, args, kwds)
+            try:
+                ignored, methodname, args, kwds = request
+            except Exception:
+                reply = ('#TRACEBACK', 'malformed request %r\n' % (request,))
+            else:
+                reply = self._control(conn, methodname, args, kwds)
         try:
             conn.send(reply)
         except Exception:

@@ -958,3 +958,107 @@ def test_shared_memory_manager(ctx):
         sl.shm.close()
     with pytest.raises(FileNotFoundError):
         shared_memory.ShareableList(name=held)
+
+# ---------------------------------------------------------------------------
+# Misbehaving clients, interrupted calls and threads that come and go.
+
+
+def server_thread_count():
+    return threading.active_count()
+
+
+class CountingManager(SyncManager):
+    pass
+
+
+CountingManager.register('thread_count', server_thread_count)
+
+
+def test_bad_clients_do_not_disturb_the_server():
+    import socket
+    import struct
+    from multiprocessing_c import connection
+    authkey = os.urandom(16)
+    with SyncManager(address=(HOST, 0), authkey=authkey) as m:
+        # Connections that never answer the challenge hold only themselves.
+        idle = [socket.create_connection(m.address) for _ in range(3)]
+        try:
+            d = m.dict()
+            d['x'] = 1
+            # Authenticated, then a truncated frame and gone.
+            c = connection.Client(m.address, authkey=authkey)
+            os.write(c.fileno(), struct.pack('!i', 1000) + b'abc')
+            c.close()
+            # Authenticated, then bytes that are no pickle.
+            c = connection.Client(m.address, authkey=authkey)
+            c.send_bytes(b'not a pickle')
+            kind, tb = c.recv()
+            assert kind == '#TRACEBACK' and 'Unpickling' in tb
+            c.close()
+            c = connection.Client(m.address, authkey=authkey)
+            managers.dispatch(c, None, 'accept_connection', ('raw',))
+            c.send_bytes(b'not a pickle')
+            kind, tb = c.recv()
+            assert kind == '#TRACEBACK'
+            # ... and the connection still serves.
+            assert managers.dispatch(c, None, 'number_of_objects') == 1
+            c.close()
+            assert d['x'] == 1
+        finally:
+            for s in idle:
+                s.close()
+        del d
+
+
+def test_interrupted_call_leaves_a_usable_proxy():
+    class Interrupt(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupt
+
+    with SyncManager() as m:
+        ev = m.Event()
+        d = m.dict()
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(Interrupt):
+                ev.wait()       # blocked in the server, interrupted here
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        # The half-done exchange is dropped with its connection, so the
+        # next calls are not answered with the old call's reply.
+        d['k'] = 'v'
+        assert d['k'] == 'v'
+        assert ev.is_set() is False
+        ev.set()
+        assert ev.wait(5) is True
+        del ev, d
+
+
+def test_client_threads_come_and_go(ctx):
+    with CountingManager(ctx=ctx) as m:
+        d = m.dict()
+        base = int(str(m.thread_count()))
+
+        def work(i):
+            d[i] = i
+
+        for _ in range(5):
+            threads = [threading.Thread(target=work, args=(i,))
+                       for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        gc.collect()
+        assert len(d) == 8
+        # Each finished thread's connection closed, ending its server
+        # thread: the server does not pile threads up.
+        deadline = time.monotonic() + 5
+        while int(str(m.thread_count())) > base + 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        del d
