@@ -34,6 +34,9 @@ typedef struct {
 #define DIRECT_LIMIT ((uint64_t)64 << 20)
 /* Linux caps a single read/write at about this much anyway. */
 #define MAX_IO ((size_t)0x7ffff000)
+/* recv_bytes reads header and payload in one GIL release up to this size
+ * (into a stack buffer, then one copy into the result). */
+#define SMALL_FRAME 1024
 
 /* ------------------------------------------------------------------ */
 /* Argument parsing for METH_FASTCALL | METH_KEYWORDS: positional-or-
@@ -170,16 +173,18 @@ conn_truncated(uint64_t got, uint64_t want)
     return NULL;
 }
 
-/* Reads one frame header.  Returns 1 with *size set, 0 at a clean end of
- * file (before any byte of the frame; no exception set), or -1 with an
+/* Completes a frame header of which the first `have` (< 4) bytes are
+ * already in hdr[].  Returns 1 with *size set, 0 at a clean end of file
+ * (before any byte of the frame; no exception set), or -1 with an
  * exception set. */
 static int
-conn_read_header(ConnObject *self, uint64_t *size)
+conn_finish_header(ConnObject *self, unsigned char *hdr, Py_ssize_t have,
+                   uint64_t *size)
 {
-    unsigned char hdr[8];
-    Py_ssize_t n = conn_read_full(self->fd, (char *)hdr, 4);
+    Py_ssize_t n = conn_read_full(self->fd, (char *)hdr + have, (size_t)(4 - have));
     if (n < 0)
         return -1;
+    n += have;
     if (n == 0)
         return 0;
     if (n < 4) {
@@ -215,19 +220,31 @@ conn_read_header(ConnObject *self, uint64_t *size)
     return 1;
 }
 
-/* Reads a `size`-byte payload into a new bytes object.  Returns a new
- * reference, or NULL with an exception set. */
+static int
+conn_read_header(ConnObject *self, uint64_t *size)
+{
+    unsigned char hdr[8];
+    return conn_finish_header(self, hdr, 0, size);
+}
+
+/* Reads the rest of a `size`-byte payload whose first `have` bytes are
+ * in `prefix` into a new bytes object (have > 0 only for size <=
+ * DIRECT_LIMIT).  Returns a new reference, or NULL with an exception set. */
 static PyObject *
-conn_read_payload(ConnObject *self, uint64_t size)
+conn_read_payload_from(ConnObject *self, uint64_t size, const char *prefix,
+                       size_t have)
 {
     if (size <= DIRECT_LIMIT) {
         PyObject *res = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
         if (res == NULL)
             return NULL;
-        Py_ssize_t n = conn_read_full(self->fd, PyBytes_AS_STRING(res), (size_t)size);
-        if (n < 0 || (uint64_t)n < size) {
+        if (have)
+            memcpy(PyBytes_AS_STRING(res), prefix, have);
+        Py_ssize_t n = conn_read_full(self->fd, PyBytes_AS_STRING(res) + have,
+                                      (size_t)size - have);
+        if (n < 0 || (uint64_t)n + have < size) {
             if (n >= 0)
-                conn_truncated((uint64_t)n, size);
+                conn_truncated((uint64_t)n + have, size);
             Py_DECREF(res);
             return NULL;
         }
@@ -265,6 +282,12 @@ conn_read_payload(ConnObject *self, uint64_t size)
     PyObject *res = PyBytes_FromStringAndSize(buf, (Py_ssize_t)size);
     PyMem_RawFree(buf);
     return res;
+}
+
+static PyObject *
+conn_read_payload(ConnObject *self, uint64_t size)
+{
+    return conn_read_payload_from(self, size, NULL, 0);
 }
 
 /* A frame longer than the caller accepts: the stream is no longer at a
@@ -509,12 +532,76 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     }
     if (conn_check_readable(self) < 0)
         return NULL;
-    int r = conn_read_header(self, &size);
-    if (r < 0)
+
+    /* Fast path: header and a small payload in one GIL release, read
+     * exactly (never past the frame).  Whatever it leaves undone (a short
+     * read, EINTR, a large frame) the general code below finishes. */
+    unsigned char hdr[8];
+    char small[SMALL_FRAME];
+    ssize_t n1, n2 = -2;
+    int32_t len = -1;
+    int err;
+    int fd = self->fd;
+    Py_BEGIN_ALLOW_THREADS
+    n1 = read(fd, hdr, 4);
+    err = errno;
+    if (n1 == 4) {
+        len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
+                        ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
+        if (len >= 0 && len <= SMALL_FRAME &&
+                (maxlength < 0 || len <= maxlength)) {
+            n2 = len ? read(fd, small, (size_t)len) : 0;
+            err = errno;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (n2 >= 0 && n2 == len)
+        return PyBytes_FromStringAndSize(small, len);
+    if (n1 < 4) {
+        if (n1 < 0) {
+            if (err != EINTR)
+                return mp_set_oserror(err);
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            n1 = 0;
+        }
+        else if (n1 == 0) {
+            PyErr_SetNone(PyExc_EOFError);
+            return NULL;
+        }
+        int r = conn_finish_header(self, hdr, n1, &size);
+        if (r < 0)
+            return NULL;
+        if (r == 0) {
+            PyErr_SetNone(PyExc_EOFError);
+            return NULL;
+        }
+    }
+    else if (n2 == -1) {
+        /* The payload read failed before taking anything. */
+        if (err != EINTR)
+            return mp_set_oserror(err);
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+        return conn_read_payload(self, (uint64_t)len);
+    }
+    else if (n2 >= 0) {
+        /* A short read of a small payload: finish it. */
+        if (n2 == 0)
+            return conn_truncated(0, (uint64_t)len);
+        return conn_read_payload_from(self, (uint64_t)len, small, (size_t)n2);
+    }
+    else if (len == -1) {
+        /* The long header form: its 8-byte length follows. */
+        if (conn_finish_header(self, hdr, 4, &size) < 0)
+            return NULL;
+    }
+    else if (len < 0) {
+        PyErr_Format(PyExc_OSError, "bad message length (header %d)", (int)len);
         return NULL;
-    if (r == 0) {
-        PyErr_SetNone(PyExc_EOFError);
-        return NULL;
+    }
+    else {
+        size = (uint64_t)len;   /* more than the fast path takes */
     }
     if (maxlength >= 0 && size > (uint64_t)maxlength)
         return conn_bad_length(self, size, maxlength);
