@@ -31,6 +31,7 @@ proxies to the server's own objects call it directly, without a socket.
 import array
 import collections
 import copyreg
+import gc
 import io
 import os
 import pickle
@@ -40,6 +41,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from traceback import format_exc
 
 from . import connection
@@ -303,6 +305,11 @@ class Server:
         self._loan_counter = iter(range(1, sys.maxsize))
         self.stop_event = threading.Event()
         self.mutex = threading.Lock()
+        # Proxies in this process that hold references to our objects (a
+        # list inside a managed dict): the only way cycles can form.
+        self._local_proxies = weakref.WeakSet()
+        self._decrefs = 0
+        self._collect_lock = threading.Lock()
 
     # -- running ---------------------------------------------------------
 
@@ -317,8 +324,12 @@ class Server:
             accepter = threading.Thread(target=self.accepter, daemon=True)
             accepter.start()
             try:
-                while not self.stop_event.is_set():
-                    self.stop_event.wait(1)
+                interval = 5.0
+                while not self.stop_event.wait(interval):
+                    if self._decrefs:
+                        took = self._collect_cycles()
+                        # Never spend more than a few percent of the time.
+                        interval = max(5.0, 30 * took)
             except (KeyboardInterrupt, SystemExit):
                 pass
         finally:
@@ -429,9 +440,12 @@ class Server:
                 if function is None:
                     # Anything else (the server's own methods, '#DECREF',
                     # fallbacks, errors), outside the except clause so that
-                    # tracebacks do not show the fast path's miss.
+                    # tracebacks do not show the fast path's miss.  Drop
+                    # our hold on the object first: this may be its DECREF.
+                    obj = None
                     reply = self._serve_one(conn, request)
                     if reply is None:
+                        request = None
                         continue
                 else:
                     try:
@@ -598,6 +612,7 @@ class Server:
                 self.id_to_refcount[ident] = count - 1
                 return
             del self.id_to_refcount[ident]
+            self._decrefs += 1
             entry = self.id_to_obj.pop(ident, None)
             self.id_to_local_proxy_obj.pop(ident, None)
         # Dropped outside the lock: freeing it may release proxies it holds,
@@ -625,10 +640,87 @@ class Server:
                 raise KeyError('no shared object with id %r (already freed)'
                                % (ident,)) from None
 
+    # -- cycles ----------------------------------------------------------
+
+    # Not looked into when searching a shared object for the proxies it
+    # holds: they lead out of the data into the program.
+    _opaque = (type, types.ModuleType, types.FunctionType,
+               types.BuiltinFunctionType, types.MethodType, types.CodeType,
+               types.FrameType, weakref.ref, threading.Thread)
+
+    def _proxies_inside(self, obj, local_ids):
+        """The idents that proxies held inside `obj` refer to."""
+        found = []
+        seen = {id(obj)}
+        stack = [obj]
+        opaque = self._opaque
+        while stack:
+            for ref in gc.get_referents(stack.pop()):
+                if id(ref) in seen:
+                    continue
+                seen.add(id(ref))
+                if isinstance(ref, BaseProxy):
+                    if id(ref) in local_ids:
+                        found.append((id(ref), ref._id))
+                elif gc.is_tracked(ref) and not isinstance(ref, opaque):
+                    stack.append(ref)
+        return found
+
+    def _collect_cycles(self):
+        """Free the shared objects that only other unreachable shared
+        objects refer to (a list appended to itself, two dicts holding each
+        other), as a tracing collector would.  Returns the seconds taken."""
+        if not self._local_proxies or not self._collect_lock.acquire(False):
+            return 0.0
+        start = time.monotonic()
+        try:
+            self._decrefs = 0
+            local_ids = {id(p) for p in list(self._local_proxies)}
+            if not local_ids:
+                return 0.0
+            with self.mutex:
+                objects = {i: e[0] for i, e in self.id_to_obj.items()}
+                counts = dict(self.id_to_refcount)
+            edges = {}
+            holders = {}
+            for ident, obj in objects.items():
+                inside = self._proxies_inside(obj, local_ids)
+                edges[ident] = [target for _, target in inside]
+                holders.update(inside)
+            # References held from inside shared objects, one per proxy.
+            internal = collections.Counter(holders.values())
+            reachable = [i for i in objects
+                         if counts.get(i, 0) > internal.get(i, 0)]
+            marked = set(reachable)
+            while reachable:
+                for target in edges.get(reachable.pop(), ()):
+                    if target not in marked:
+                        marked.add(target)
+                        reachable.append(target)
+            garbage = [i for i in objects if i not in marked]
+            dropped = []
+            with self.mutex:
+                # Anything that changed meanwhile was in use: skip this round.
+                if all(self.id_to_refcount.get(i) == counts[i]
+                       for i in garbage):
+                    for i in garbage:
+                        del self.id_to_refcount[i]
+                        dropped.append(self.id_to_obj.pop(i))
+                        self.id_to_local_proxy_obj.pop(i, None)
+            if dropped:
+                util.debug('manager freed %d shared objects in cycles',
+                           len(dropped))
+            del objects, dropped, holders
+        finally:
+            self._collect_lock.release()
+        return time.monotonic() - start
+
     def number_of_objects(self, c):
+        self._collect_cycles()
         return len(self.id_to_refcount)
 
     def debug_info(self, c):
+        self._collect_cycles()
         with self.mutex:
             items = sorted(self.id_to_refcount.items())
             lines = []
@@ -982,6 +1074,8 @@ class BaseProxy:
     def _hold(self):
         # Own one reference: give it back when this proxy dies or at exit.
         self._idset.add(self._id)
+        if type(self._tls) is _LocalTls:
+            self._tls.connection._server._local_proxies.add(self)
         state = self._manager and self._manager._state
         self._close = util.Finalize(
             self, BaseProxy._decref,

@@ -464,11 +464,21 @@ def test_no_leak_in_a_long_loop(manager):
     assert wait_for_objects(manager, 0) == 0
 
 
-def test_cycle_through_proxies_is_allowed(manager):
+def test_cycles_through_proxies_are_freed(manager):
     b = manager.list()
     b.append(b)
     assert b[0][0][0]._token.id == b._token.id
-    del b
+    x = manager.dict()
+    y = manager.dict(x=x)
+    x['y'] = y
+    x['self'] = x
+    keep = manager.dict()
+    keep['x'] = x           # x and y stay reachable through `keep`
+    del b, x, y
+    assert wait_for_objects(manager, 3) == 3
+    assert keep['x']['y']['x']['self']._token.id == keep['x']._token.id
+    del keep
+    assert wait_for_objects(manager, 0) == 0
 
 # ---------------------------------------------------------------------------
 # Manager lifecycle.
@@ -1062,3 +1072,14 @@ def test_client_threads_come_and_go(ctx):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         del d
+
+
+def test_decref_is_seen_by_the_next_call(manager):
+    # DECREFs from this thread travel on this thread's connection, ahead of
+    # the next call: the count is exact at once, with no waiting.
+    d = manager.dict()
+    d['inner'] = manager.list([1])
+    assert d['inner'][0] == 1
+    assert manager._number_of_objects() == 2
+    del d
+    assert manager._number_of_objects() == 0
