@@ -209,6 +209,8 @@ def _open_connection(tls, address, authkey, Client):
 def _drop_connection(tls, conn):
     # After a failed exchange the stream's state is unknown (a reply may
     # still be on its way): never reuse it.
+    if isinstance(conn, _LocalConnection):
+        return
     if getattr(tls, 'connection', None) is conn:
         del tls.connection
     try:
@@ -317,9 +319,11 @@ class Server:
         """Serve until a client asks for shutdown, then exit the process."""
         me = process.current_process()
         me._manager_server = self
-        # Proxies to our own objects, made in this process, call us directly.
+        # Proxies to our own objects, made in this process, call us directly
+        # (but not in a child forked from here: it holds a mere copy).
         BaseProxy._address_to_local[self.address] = (
             _LocalTls(self), ProcessLocalSet())
+        util.register_after_fork(self, Server._forget_in_child)
         try:
             accepter = threading.Thread(target=self.accepter, daemon=True)
             accepter.start()
@@ -338,6 +342,14 @@ class Server:
             except Exception:
                 pass
             sys.exit(0)
+
+    def _forget_in_child(self):
+        entry = BaseProxy._address_to_local.get(self.address)
+        if entry is not None and type(entry[0]) is _LocalTls:
+            del BaseProxy._address_to_local[self.address]
+        me = process.current_process()
+        if getattr(me, '_manager_server', None) is self:
+            del me._manager_server
 
     def accepter(self):
         while not self.stop_event.is_set():
@@ -1019,7 +1031,13 @@ class BaseProxy:
         elif manager is not None:
             self._authkey = manager._authkey
         else:
-            self._authkey = process.current_process().authkey
+            server = getattr(process.current_process(), '_manager_server',
+                             None)
+            if server is not None and server.address == token.address:
+                # Unpickled by our own server: its key, not its process's.
+                self._authkey = server.authkey
+            else:
+                self._authkey = process.current_process().authkey
         if incref:
             self._incref()
         util.register_after_fork(self, BaseProxy._after_fork)
@@ -1117,7 +1135,9 @@ class BaseProxy:
                 _drop_connection(tls, conn)
 
     def _after_fork(self):
-        # A forked child holds its own reference to what it inherited.
+        # A forked child holds its own reference to what it inherited, over
+        # its own connections.
+        self._tls, self._idset = _thread_state(self._token.address)
         try:
             self._incref()
         except Exception as e:
@@ -1426,6 +1446,11 @@ DictProxy = MakeProxyType('DictProxy', (
     '__setitem__', 'clear', 'copy', 'get', 'items',
     'keys', 'pop', 'popitem', 'setdefault', 'update', 'values'))
 DictProxy._method_to_typeid_ = {'__iter__': 'Iterator'}
+
+if sys.version_info >= (3, 13):
+    # Subscriptable in annotations where the running stdlib's are.
+    ListProxy.__class_getitem__ = classmethod(types.GenericAlias)
+    DictProxy.__class_getitem__ = classmethod(types.GenericAlias)
 
 ArrayProxy = MakeProxyType('ArrayProxy', (
     '__len__', '__getitem__', '__setitem__'))

@@ -630,6 +630,39 @@ MyManager.register('FooRef', exposed=('f',), create_method=False)
 MyManager.register('Broken', callable=broken_factory)
 
 
+def set_x_from_grandchild(d):
+    d['x'] = os.getpid()
+
+
+class Forker:
+    """Starts, from inside the manager's process, a child that uses a
+    proxy the server unpickled (what a managed Pool's workers do)."""
+
+    def run(self, d, method):
+        p = multiprocessing_c.get_context(method).Process(
+            target=set_x_from_grandchild, args=(d,))
+        p.start()
+        p.join(30)
+        return p.exitcode
+
+
+MyManager.register('Forker', callable=Forker)
+
+
+@pytest.mark.parametrize('inner', ['fork', 'spawn'])
+def test_children_of_the_manager_process_use_proxies(ctx, inner):
+    with MyManager(ctx=ctx, authkey=b'not the default key') as manager:
+        d = manager.Dict()
+        assert manager.Forker().run(d, inner) == 0
+        # The grandchild changed the real dict, not a copy of it.
+        assert d['x'] not in (os.getpid(), manager._process.pid)
+        del d
+        assert wait_for_objects(manager, 0) == 0
+
+
+MyManager.register('Dict', callable=dict, proxytype=managers.DictProxy)
+
+
 def test_custom_manager(ctx):
     with MyManager(ctx=ctx) as manager:
         foo = manager.Foo()
