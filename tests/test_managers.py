@@ -1116,3 +1116,91 @@ def test_decref_is_seen_by_the_next_call(manager):
     assert manager._number_of_objects() == 2
     del d
     assert manager._number_of_objects() == 0
+
+# ---------------------------------------------------------------------------
+# Other programs as clients, and the manager's end.
+
+
+def test_client_in_another_program(tmp_path):
+    from testutil import run_python, write_script
+    authkey = os.urandom(16)
+    server = QueueManager(address=(HOST, 0), authkey=authkey)
+    server.start()
+    try:
+        script = write_script(tmp_path / 'client.py', '''
+            import sys
+            from multiprocessing_c.managers import BaseManager
+
+            class QueueManager(BaseManager):
+                pass
+
+            QueueManager.register('get_queue')
+            host, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+            m = QueueManager(address=(host, port), authkey=bytes.fromhex(key))
+            m.connect()
+            q = m.get_queue()
+            q.put('from another program')
+            print(q.qsize())
+        ''')
+        host, port = server.address
+        r = run_python([script, host, str(port), authkey.hex()])
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == '1'
+        m = QueueClient(address=server.address, authkey=authkey)
+        m.connect()
+        q = m.get_queue()
+        assert q.get(timeout=5) == 'from another program'
+        del q
+    finally:
+        server.shutdown()
+
+
+def test_stdlib_client_talks_to_our_server():
+    import multiprocessing.managers as std_managers
+
+    class StdClient(std_managers.BaseManager):
+        pass
+
+    StdClient.register('get_queue')
+    authkey = os.urandom(16)
+    server = QueueManager(address=(HOST, 0), authkey=authkey)
+    server.start()
+    try:
+        c = StdClient(address=server.address, authkey=authkey)
+        c.connect()
+        q = c.get_queue()
+        q.put('from the stdlib')
+        assert q.get() == 'from the stdlib'
+        assert q.qsize() == 0
+        del q
+    finally:
+        server.shutdown()
+
+
+def test_collected_manager_shuts_down(ctx):
+    m = SyncManager(ctx=ctx)
+    m.start()
+    proc = m._process
+    del m
+    gc.collect()
+    proc.join(10)
+    assert proc.exitcode == 0
+
+
+def test_manager_stops_when_its_program_exits(tmp_path):
+    from testutil import run_python, write_script
+    script = write_script(tmp_path / 'prog.py', '''
+        import multiprocessing_c as mp
+
+        if __name__ == '__main__':
+            m = mp.Manager()
+            d = m.dict(a=m.list([1]))
+            print(m._process.pid, flush=True)
+            # no shutdown(): the exit handlers stop the manager
+    ''')
+    r = run_python([script])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ''
+    pid = int(r.stdout)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
