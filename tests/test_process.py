@@ -15,8 +15,10 @@ from testutil import run_python, write_script
 # ---- targets: module level, so that spawned children can import them ----
 
 def write_file(path, text):
-    with open(path, 'w') as f:
+    # Atomically, so that a reader polling for the file never sees it empty.
+    with open(path + '.tmp', 'w') as f:
         f.write(text)
+    os.replace(path + '.tmp', path)
 
 
 def report_self(path, *args, **kwargs):
