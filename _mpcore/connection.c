@@ -15,6 +15,8 @@
 
 #include <limits.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -23,6 +25,10 @@ typedef struct {
     int fd;                 /* -1 once closed */
     char readable;
     char writable;
+    char is_socket;         /* fd is a socket: MSG_DONTWAIT fast paths */
+    unsigned char recv_skip;    /* recv_bytes calls left before retrying
+                                 * the non-blocking read after a miss */
+    unsigned char recv_backoff; /* the current length of that pause */
 } ConnObject;
 
 #define Conn_CAST(op) ((ConnObject *)(op))
@@ -164,6 +170,14 @@ conn_read_full(int fd, char *buf, size_t len)
     return (Py_ssize_t)got;
 }
 
+/* The signed big-endian 32-bit value at p (a short frame header). */
+static inline int32_t
+conn_be32(const unsigned char *p)
+{
+    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+                     ((uint32_t)p[2] << 8) | (uint32_t)p[3]);
+}
+
 static PyObject *
 conn_truncated(uint64_t got, uint64_t want)
 {
@@ -191,8 +205,7 @@ conn_finish_header(ConnObject *self, unsigned char *hdr, Py_ssize_t have,
         conn_truncated((uint64_t)n, 4);
         return -1;
     }
-    int32_t len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
-                            ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
+    int32_t len = conn_be32(hdr);
     if (len >= 0) {
         *size = (uint64_t)len;
         return 1;
@@ -373,6 +386,14 @@ conn_buffer_too_short(PyObject *msg)
     return NULL;
 }
 
+/* Whether fd is a socket (false if it cannot be told). */
+static char
+conn_fd_is_socket(int fd)
+{
+    struct stat st;
+    return (char)(fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode));
+}
+
 /* ------------------------------------------------------------------ */
 /* Type slots */
 
@@ -399,6 +420,7 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->fd = fd;
     self->readable = (char)readable;
     self->writable = (char)writable;
+    self->is_socket = conn_fd_is_socket(fd);
     return (PyObject *)self;
 }
 
@@ -428,7 +450,7 @@ conn_dealloc(PyObject *op)
 /* Methods */
 
 PyDoc_STRVAR(conn_send_bytes__doc__,
-"send_bytes(buf, offset=0, size=None)\n--\n\n"
+"send_bytes($self, buf, offset=0, size=None)\n--\n\n"
 "Send the bytes of the bytes-like object `buf` as one message; `offset`\n"
 "and `size` (in bytes) select a slice of it.");
 
@@ -490,7 +512,34 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     iov[1].iov_len = (size_t)size;
     /* A Connection closed by another thread meanwhile fails with EBADF
      * at worst: self->fd is read once, under the GIL. */
-    int rc = conn_writev_all(self->fd, iov, size ? 2 : 1);
+    int fd = self->fd, iovcnt = size ? 2 : 1;
+    struct iovec *iovp = iov;
+    if (self->is_socket) {
+        /* Try first without blocking and without releasing the GIL:
+         * a small message usually fits in the socket buffer, and giving
+         * up the GIL can cost a thread switch to get it back. */
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)iovcnt;
+        ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT);  /* cpylint-ignore: never blocks */
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            mp_set_oserror(errno);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        size_t done = n > 0 ? (size_t)n : 0;
+        while (iovcnt > 0 && done >= iovp->iov_len) {
+            done -= iovp->iov_len;
+            iovp++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iovp->iov_base = (char *)iovp->iov_base + done;
+            iovp->iov_len -= done;
+        }
+    }
+    int rc = iovcnt ? conn_writev_all(fd, iovp, iovcnt) : 0;
     PyBuffer_Release(&view);
     if (rc < 0)
         return NULL;
@@ -502,7 +551,7 @@ fail:
 }
 
 PyDoc_STRVAR(conn_recv_bytes__doc__,
-"recv_bytes(maxlength=None)\n--\n\n"
+"recv_bytes($self, maxlength=None)\n--\n\n"
 "Receive one message as bytes, blocking until it arrives.  Raises\n"
 "EOFError when the other end closed at a message boundary, and OSError\n"
 "if the message is longer than `maxlength` (the connection then stops\n"
@@ -533,28 +582,64 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     if (conn_check_readable(self) < 0)
         return NULL;
 
-    /* Fast path: header and a small payload in one GIL release, read
-     * exactly (never past the frame).  Whatever it leaves undone (a short
-     * read, EINTR, a large frame) the general code below finishes. */
+    /* Fast path: the header and a payload of up to SMALL_FRAME bytes,
+     * read exactly (never past the frame), first without blocking under
+     * the GIL (sockets only), else in one GIL release.  Whatever it
+     * leaves undone (a short read, EINTR, a large frame) the general
+     * code below finishes.  n1/n2: results of the header and payload
+     * reads (n2 == -2: payload not attempted). */
     unsigned char hdr[8];
     char small[SMALL_FRAME];
-    ssize_t n1, n2 = -2;
+    ssize_t n1 = -1, n2 = -2;
     int32_t len = -1;
-    int err;
+    int err = EAGAIN;
     int fd = self->fd;
-    Py_BEGIN_ALLOW_THREADS
-    n1 = read(fd, hdr, 4);
-    err = errno;
-    if (n1 == 4) {
-        len = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
-                        ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
-        if (len >= 0 && len <= SMALL_FRAME &&
-                (maxlength < 0 || len <= maxlength)) {
-            n2 = len ? read(fd, small, (size_t)len) : 0;
-            err = errno;
+    if (self->is_socket && self->recv_skip > 0) {
+        self->recv_skip--;
+    }
+    else if (self->is_socket) {
+        /* First without blocking and with the GIL held (see send_bytes):
+         * a message that is already there costs no GIL round trip.  In
+         * ping-pong traffic the message is rarely there yet, so after a
+         * miss the next few calls skip the attempt (doubling, up to 32). */
+        n1 = recv(fd, hdr, 4, MSG_DONTWAIT);   /* cpylint-ignore: never blocks */
+        err = errno;
+        if (n1 < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+            self->recv_backoff = self->recv_backoff ? self->recv_backoff * 2 : 1;
+            if (self->recv_backoff > 32)
+                self->recv_backoff = 32;
+            self->recv_skip = self->recv_backoff;
+        }
+        else {
+            self->recv_backoff = 0;
+        }
+        if (n1 == 4) {
+            len = conn_be32(hdr);
+            if (len >= 0 && len <= SMALL_FRAME &&
+                    (maxlength < 0 || len <= maxlength)) {
+                n2 = len ? recv(fd, small, (size_t)len, MSG_DONTWAIT) : 0;  /* cpylint-ignore */
+                err = errno;
+                if (n2 < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+                    n2 = -1;
+                    err = EAGAIN;       /* nothing of the payload yet */
+                }
+            }
         }
     }
-    Py_END_ALLOW_THREADS
+    if (n1 < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        n1 = read(fd, hdr, 4);
+        err = errno;
+        if (n1 == 4) {
+            len = conn_be32(hdr);
+            if (len >= 0 && len <= SMALL_FRAME &&
+                    (maxlength < 0 || len <= maxlength)) {
+                n2 = len ? read(fd, small, (size_t)len) : 0;
+                err = errno;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
     if (n2 >= 0 && n2 == len)
         return PyBytes_FromStringAndSize(small, len);
     if (n1 < 4) {
@@ -578,10 +663,11 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
         }
     }
     else if (n2 == -1) {
-        /* The payload read failed before taking anything. */
-        if (err != EINTR)
+        /* The payload read took nothing: failed, interrupted, or (when
+         * not blocking) nothing there yet. */
+        if (err != EINTR && err != EAGAIN)
             return mp_set_oserror(err);
-        if (PyErr_CheckSignals() < 0)
+        if (err == EINTR && PyErr_CheckSignals() < 0)
             return NULL;
         return conn_read_payload(self, (uint64_t)len);
     }
@@ -609,7 +695,7 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
 }
 
 PyDoc_STRVAR(conn_recv_bytes_into__doc__,
-"recv_bytes_into(buf, offset=0)\n--\n\n"
+"recv_bytes_into($self, buf, offset=0)\n--\n\n"
 "Receive one message into the writable buffer `buf`, starting `offset`\n"
 "bytes in, and return its length in bytes.  If it does not fit, raise\n"
 "BufferTooShort with the whole message as args[0].");
@@ -672,7 +758,7 @@ done:
 }
 
 PyDoc_STRVAR(conn_poll__doc__,
-"poll(timeout=0.0)\n--\n\n"
+"poll($self, timeout=0.0)\n--\n\n"
 "Return whether there is data to read, waiting up to `timeout` seconds\n"
 "(None: forever).  End of file counts as readable.");
 
@@ -719,7 +805,7 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
 }
 
 PyDoc_STRVAR(conn_fileno__doc__,
-"fileno()\n--\n\n"
+"fileno($self)\n--\n\n"
 "Return the file descriptor of the connection.");
 
 static PyObject *
@@ -734,7 +820,7 @@ conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(conn_close__doc__,
-"close()\n--\n\n"
+"close($self)\n--\n\n"
 "Close the connection; closing it again does nothing.");
 
 static PyObject *
@@ -789,6 +875,7 @@ conn_set_handle(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
         return -1;
     }
     self->fd = (int)fd;
+    self->is_socket = conn_fd_is_socket((int)fd);
     return 0;
 }
 

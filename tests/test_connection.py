@@ -279,6 +279,18 @@ class TestFraming:
 
 class TestConnectionObject:
 
+    def test_signatures(self):
+        import inspect
+        sig = lambda f: list(inspect.signature(f).parameters)
+        assert sig(_mpcore.Connection) == ['handle', 'readable', 'writable']
+        assert sig(_mpcore.Connection.send_bytes) == ['self', 'buf', 'offset', 'size']
+        assert sig(_mpcore.Connection.recv_bytes) == ['self', 'maxlength']
+        assert sig(_mpcore.Connection.recv_bytes_into) == ['self', 'buf', 'offset']
+        assert sig(_mpcore.Connection.poll) == ['self', 'timeout']
+        assert sig(_mpcore.wait) == ['object_list', 'timeout']
+        assert sig(_mpcore.sendfds) == ['sock', 'fds']
+        assert sig(_mpcore.recvfds) == ['sock', 'n']
+
     def test_constructor_checks(self):
         with pytest.raises(ValueError, match='invalid handle'):
             _mpcore.Connection(-1)
