@@ -115,5 +115,6 @@ int mp_wait_init(PyObject *module, mp_state *st);
 int mp_fdpass_init(PyObject *module, mp_state *st);
 int mp_heap_init(PyObject *module, mp_state *st);
 int mp_shm_init(PyObject *module, mp_state *st);
+int mp_semaphore_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */
