@@ -31,8 +31,10 @@ proxies to the server's own objects call it directly, without a socket.
 import array
 import collections
 import copyreg
+import errno
 import gc
 import io
+import itertools
 import os
 import pickle
 import queue
@@ -237,6 +239,11 @@ def _call_server(address, authkey, Client, methodname, args=(), kwds={}):
     raise convert_to_error(kind, result)
 
 
+def _asks_shutdown(request):
+    return (isinstance(request, (tuple, list)) and len(request) == 4
+            and request[0] is None and request[1] == 'shutdown')
+
+
 class _LocalConnection:
     """Stands in for a socket inside the server process: a request is served
     at once in the calling thread.  Requests and replies still go through
@@ -304,7 +311,7 @@ class Server:
         self.id_to_refcount = {}
         self.id_to_local_proxy_obj = {}
         self.loans = {}
-        self._loan_counter = iter(range(1, sys.maxsize))
+        self._loan_counter = itertools.count(1)
         self.stop_event = threading.Event()
         self.mutex = threading.Lock()
         # Proxies in this process that hold references to our objects (a
@@ -355,9 +362,11 @@ class Server:
         while not self.stop_event.is_set():
             try:
                 c = self.listener.accept()
-            except OSError:
-                if self.stop_event.is_set():
-                    return
+            except OSError as e:
+                if self.stop_event.is_set() or e.errno in (errno.EBADF,
+                                                           errno.EINVAL):
+                    return          # the listener was closed
+                # Out of fds, or a client that left before we took it.
                 time.sleep(0.01)
                 continue
             t = threading.Thread(target=self.handle_request, args=(c,),
@@ -480,8 +489,7 @@ class Server:
                     send(('#UNSERIALIZABLE', format_exc()))
                 except Exception:
                     break
-            if reply[0] == '#RETURN' and request[0] is None and \
-                    request[1] == 'shutdown':
+            if reply[0] == '#RETURN' and _asks_shutdown(request):
                 self.stop_event.set()
             # Hold nothing between requests: a freed object must really go.
             request = reply = obj = function = res = args = kwds = None

@@ -1204,3 +1204,20 @@ def test_manager_stops_when_its_program_exits(tmp_path):
     pid = int(r.stdout)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_malformed_requests_on_a_served_connection():
+    from multiprocessing_c import connection
+    authkey = os.urandom(16)
+    with SyncManager(address=(HOST, 0), authkey=authkey) as m:
+        c = connection.Client(m.address, authkey=authkey)
+        managers.dispatch(c, None, 'accept_connection', ('raw',))
+        for bad in (42, ('too', 'short'), [None, 'shutdown'], (None, 7, (), {})):
+            c.send(bad)
+            kind, detail = c.recv()
+            assert kind == '#TRACEBACK', (bad, kind, detail)
+        with pytest.raises(RemoteError, match='no shared object'):
+            managers.dispatch(c, 'ffff', 'append', (1,))
+        assert managers.dispatch(c, None, 'number_of_objects') == 0
+        c.close()
+        assert m.list([3])[0] == 3
