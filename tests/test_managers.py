@@ -1221,3 +1221,23 @@ def test_malformed_requests_on_a_served_connection():
         assert managers.dispatch(c, None, 'number_of_objects') == 0
         c.close()
         assert m.list([3])[0] == 3
+
+
+def test_no_fd_left_after_shutdown(ctx):
+    def fds():
+        return len(os.listdir('/proc/self/fd'))
+
+    def cycle():
+        with SyncManager(ctx=ctx) as m:
+            d = m.dict()
+            d['l'] = m.list([1])
+            assert d['l'][0] == 1
+            del d
+
+    cycle()             # first use may open lasting fds (tracker, logging)
+    gc.collect()
+    before = fds()
+    for _ in range(3):
+        cycle()
+    gc.collect()
+    assert fds() == before
