@@ -86,10 +86,35 @@ class _Pickler(pickle.Pickler):
     dispatch_table = _dispatch_table
 
 
-def _dumps(obj, _BytesIO=io.BytesIO, _Pickler=_Pickler):
-    buf = _BytesIO()
+def _fresh_dumps(obj):
+    buf = io.BytesIO()
     _Pickler(buf).dump(obj)
     return buf.getbuffer()
+
+
+# Each thread reuses one pickler and buffer for its messages.
+_pickling = threading.local()
+
+
+def _dumps(obj):
+    try:
+        state = _pickling.state
+    except AttributeError:
+        buf = io.BytesIO()
+        state = _pickling.state = [buf, _Pickler(buf), False]
+    buf, pickler, busy = state
+    if busy:
+        # Called again while pickling (a __reduce__ that uses a proxy).
+        return _fresh_dumps(obj)
+    state[2] = True
+    try:
+        buf.seek(0)
+        buf.truncate()
+        pickler.clear_memo()
+        pickler.dump(obj)
+        return buf.getvalue()
+    finally:
+        state[2] = False
 
 
 _loads = pickle.loads
