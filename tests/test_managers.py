@@ -1241,3 +1241,17 @@ def test_no_fd_left_after_shutdown(ctx):
         cycle()
     gc.collect()
     assert fds() == before
+
+
+def test_manager_ignores_sigint(ctx):
+    # Ctrl-C in a terminal reaches the whole process group: the manager
+    # keeps serving, and the parent decides when it stops.
+    with SyncManager(ctx=ctx) as m:
+        lst = m.list([1])
+        os.kill(m._process.pid, signal.SIGINT)
+        time.sleep(0.1)
+        assert m._process.is_alive()
+        lst.append(2)
+        assert lst[:] == [1, 2]
+        del lst
+    assert m._process.exitcode == 0
