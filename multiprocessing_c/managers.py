@@ -27,6 +27,13 @@ dict, going back to a client) it lends the receiver a reference first,
 under a key the receiver claims when unpickling, so the object cannot
 vanish between the reply and the claim.  Inside the server process,
 proxies to the server's own objects call it directly, without a socket.
+
+A proxy that was pickled or inherited by fork may have a twin in another
+process that has not taken its reference yet (``Process(target=f,
+args=(manager.dict(),)).start()`` drops the parent's proxy at once).  Its
+last reference is therefore given back with '#DECREF_LATER': the object
+stays, uncounted, for a grace period (_GRACE seconds) in which a late
+incref revives it, and is freed after that.
 """
 import array
 import collections
@@ -56,6 +63,21 @@ __all__ = ['BaseManager', 'SyncManager', 'BaseProxy', 'Token',
            'SharedMemoryManager']
 
 _HAVE_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
+
+# Seconds a shared object whose last proxy went away survives if that proxy
+# may have a twin elsewhere still to take its reference (see above).
+_GRACE = 30.0
+
+# Bumped before every fork: a proxy made before the latest fork may have
+# been inherited by a child.
+_fork_epoch = [0]
+
+
+def _count_fork():
+    _fork_epoch[0] += 1
+
+
+os.register_at_fork(before=_count_fork)
 
 # ---------------------------------------------------------------------------
 # Pickling helpers: dict views travel as lists, arrays compactly.
@@ -318,7 +340,7 @@ class Server:
 
     public = ['shutdown', 'create', 'accept_connection', 'get_methods',
               'debug_info', 'number_of_objects', 'dummy', 'incref',
-              'decref', 'claim']
+              'decref', 'lend', 'claim']
 
     def __init__(self, registry, address, authkey, serializer):
         if not isinstance(authkey, bytes):
@@ -344,6 +366,8 @@ class Server:
         self._local_proxies = weakref.WeakSet()
         self._decrefs = 0
         self._collect_lock = threading.Lock()
+        # ident -> monotonic deadline: released objects in their grace period.
+        self._dying = {}
 
     # -- running ---------------------------------------------------------
 
@@ -361,7 +385,8 @@ class Server:
             accepter.start()
             try:
                 interval = 5.0
-                while not self.stop_event.wait(interval):
+                while not self.stop_event.wait(self._next_wakeup(interval)):
+                    self._expire()
                     if self._decrefs:
                         took = self._collect_cycles()
                         # Never spend more than a few percent of the time.
@@ -526,9 +551,9 @@ class Server:
             ident, methodname, args, kwds = request
         except Exception:
             return ('#TRACEBACK', 'malformed request %r\n' % (request,))
-        if methodname == '#DECREF':
+        if methodname == '#DECREF' or methodname == '#DECREF_LATER':
             try:
-                self.decref(conn, ident)
+                self._release(ident, methodname == '#DECREF_LATER')
             except Exception as e:
                 util.debug('manager: decref of %r failed: %r', ident, e)
             return None
@@ -632,6 +657,7 @@ class Server:
                 # global): one more reference.
                 self.id_to_refcount[ident] += 1
             else:
+                self._dying.pop(ident, None)
                 self.id_to_refcount[ident] = 1
             self.id_to_obj[ident] = (obj, frozenset(exposed),
                                      method_to_typeid)
@@ -640,15 +666,26 @@ class Server:
     def get_methods(self, c, token):
         return tuple(sorted(self.id_to_obj[token.id][1]))
 
-    def incref(self, c, ident):
-        with self.mutex:
-            try:
-                self.id_to_refcount[ident] += 1
-            except KeyError:
+    def _add_ref(self, ident):
+        # With the mutex held.  An object in its grace period comes back.
+        try:
+            self.id_to_refcount[ident] += 1
+        except KeyError:
+            if self._dying.pop(ident, None) is None:
                 raise KeyError('no shared object with id %r (already freed)'
                                % (ident,)) from None
+            self.id_to_refcount[ident] = 1
+
+    def incref(self, c, ident):
+        with self.mutex:
+            self._add_ref(ident)
 
     def decref(self, c, ident):
+        self._release(ident, False)
+
+    def _release(self, ident, later):
+        """Drop one reference; at zero free the object, or with `later`
+        keep it for the grace period."""
         with self.mutex:
             count = self.id_to_refcount.get(ident)
             if count is None:
@@ -658,17 +695,38 @@ class Server:
                 return
             del self.id_to_refcount[ident]
             self._decrefs += 1
+            if later:
+                self._dying[ident] = time.monotonic() + _GRACE
+                return
             entry = self.id_to_obj.pop(ident, None)
             self.id_to_local_proxy_obj.pop(ident, None)
         # Dropped outside the lock: freeing it may release proxies it holds,
         # which come back here.
         del entry
 
-    def lend(self, ident):
-        """Take a reference for whoever unpickles a proxy being pickled in
-        this process; return the key under which they claim it."""
+    def _next_wakeup(self, interval):
+        if not self._dying:
+            return interval
+        soonest = min(self._dying.values()) - time.monotonic()
+        return min(interval, max(soonest, 0.05))
+
+    def _expire(self):
+        """Free the released objects whose grace period is over."""
+        now = time.monotonic()
+        dropped = []
         with self.mutex:
-            self.id_to_refcount[ident] += 1
+            for ident, deadline in list(self._dying.items()):
+                if deadline <= now:
+                    del self._dying[ident]
+                    dropped.append(self.id_to_obj.pop(ident, None))
+                    self.id_to_local_proxy_obj.pop(ident, None)
+        del dropped
+
+    def lend(self, c, ident):
+        """Take a reference for whoever unpickles a proxy being pickled
+        now; return the key under which they claim it."""
+        with self.mutex:
+            self._add_ref(ident)
             key = next(self._loan_counter)
             self.loans[key] = ident
         return key
@@ -679,11 +737,7 @@ class Server:
             if self.loans.get(key) == ident:
                 del self.loans[key]
                 return
-            try:
-                self.id_to_refcount[ident] += 1
-            except KeyError:
-                raise KeyError('no shared object with id %r (already freed)'
-                               % (ident,)) from None
+            self._add_ref(ident)
 
     # -- cycles ----------------------------------------------------------
 
@@ -734,8 +788,10 @@ class Server:
                 holders.update(inside)
             # References held from inside shared objects, one per proxy.
             internal = collections.Counter(holders.values())
+            dying = set(self._dying)
             reachable = [i for i in objects
-                         if counts.get(i, 0) > internal.get(i, 0)]
+                         if counts.get(i, 0) > internal.get(i, 0)
+                         or i in dying]
             marked = set(reachable)
             while reachable:
                 for target in edges.get(reachable.pop(), ()):
@@ -746,8 +802,8 @@ class Server:
             dropped = []
             with self.mutex:
                 # Anything that changed meanwhile was in use: skip this round.
-                if all(self.id_to_refcount.get(i) == counts[i]
-                       for i in garbage):
+                if all(self.id_to_refcount.get(i) == counts.get(i)
+                       and i not in self._dying for i in garbage):
                     for i in garbage:
                         del self.id_to_refcount[i]
                         dropped.append(self.id_to_obj.pop(i))
@@ -773,6 +829,11 @@ class Server:
                 obj = self.id_to_obj[ident][0]
                 lines.append('  %s:       refcount=%s\n    %s'
                              % (ident, count, str(obj)[:75]))
+            now = time.monotonic()
+            for ident, deadline in sorted(self._dying.items()):
+                obj = self.id_to_obj[ident][0]
+                lines.append('  %s:       released, freed in %.1fs\n    %s'
+                             % (ident, deadline - now, str(obj)[:75]))
         return '\n'.join(lines)
 
 
@@ -1128,10 +1189,12 @@ class BaseProxy:
         if type(self._tls) is _LocalTls:
             self._tls.connection._server._local_proxies.add(self)
         state = self._manager and self._manager._state
+        # The fork epoch now; None once pickled (see _decref).
+        self._sharing = [_fork_epoch[0]]
         self._close = util.Finalize(
             self, BaseProxy._decref,
             args=(self._token, self._authkey, state, self._tls, self._idset,
-                  self._Client),
+                  self._Client, self._sharing),
             exitpriority=10)
 
     def _incref(self):
@@ -1149,7 +1212,7 @@ class BaseProxy:
         self._hold()
 
     @staticmethod
-    def _decref(token, authkey, state, tls, idset, _Client):
+    def _decref(token, authkey, state, tls, idset, _Client, sharing=None):
         idset.discard(token.id)
         if state is not None and state.value != State.STARTED:
             util.debug('manager gone: not sending DECREF of %r', token.id)
@@ -1160,8 +1223,12 @@ class BaseProxy:
             conn = getattr(tls, 'connection', None)
             if conn is None:
                 conn = _open_connection(tls, token.address, authkey, _Client)
+            # A twin made by pickling or fork may not hold its reference
+            # yet: then the server keeps the object a while for it.
+            later = sharing is not None and sharing[0] != _fork_epoch[0]
             # No reply: safe even in the middle of a call on this thread.
-            conn.send((token.id, '#DECREF', (), {}))
+            conn.send((token.id, '#DECREF_LATER' if later else '#DECREF',
+                       (), {}))
         except Exception as e:
             util.debug('... decref failed %s', e)
             if conn is not None:
@@ -1188,7 +1255,12 @@ class BaseProxy:
         server = getattr(process.current_process(), '_manager_server', None)
         if (server is not None and server.address == self._token.address
                 and not self._owned_by_manager):
-            kwds['_loan'] = server.lend(self._id)
+            # In the server: lend the receiver a reference, at no cost.
+            kwds['_loan'] = server.lend(None, self._id)
+        else:
+            sharing = getattr(self, '_sharing', None)
+            if sharing is not None:
+                sharing[0] = None
         return (RebuildProxy, (func, self._token, self._serializer, kwds))
 
     def __deepcopy__(self, memo):
@@ -1222,9 +1294,9 @@ def RebuildProxy(func, token, serializer, kwds):
         _call_server(token.address, authkey, proxy._Client, 'decref',
                      (token.id,))
         return proxy
-    # A child being spawned unpickles the proxies its parent holds for it.
-    inheriting = getattr(process.current_process(), '_inheriting', False)
-    kwds['incref'] = kwds.pop('incref', True) and not inheriting
+    # Every receiver takes its own reference, a child being spawned too:
+    # its parent may drop its proxy as soon as the child is started.
+    kwds.setdefault('incref', True)
     return func(token, serializer, **kwds)
 
 

@@ -879,7 +879,7 @@ def test_server_in_process_dispatch(tmp_path):
     kind, tb = srv._serve_one(None, (None, 'nonsense', (), {}))
     assert kind == '#TRACEBACK'
     srv.incref(None, ident)
-    key = srv.lend(ident)
+    key = srv.lend(None, ident)
     assert srv.id_to_refcount[ident] == 3
     srv.claim(None, ident, key)
     srv.claim(None, ident, key)        # claimed twice: a new reference
@@ -1255,3 +1255,60 @@ def test_manager_ignores_sigint(ctx):
         assert lst[:] == [1, 2]
         del lst
     assert m._process.exitcode == 0
+
+
+def child_set_x(d):
+    d['x'] = 'set by child'
+
+
+def child_put_in_queue(q, d):
+    q.put(d['k'])
+
+
+def test_proxy_dropped_by_parent_right_after_start(manager, ctx):
+    # Process.start() drops the parent's references to its arguments, so
+    # the inline proxy below is gone before the child takes its own: the
+    # server keeps the object for the child (the stdlib loses it).
+    holder = manager.list()
+    for _ in range(3):
+        p = ctx.Process(target=child_set_x, args=(manager.dict(),))
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0
+    q = manager.Queue()
+    d = manager.dict(k=7)
+    p = ctx.Process(target=child_put_in_queue, args=(q, d))
+    p.start()
+    del d
+    assert q.get(timeout=30) == 7
+    p.join(30)
+    assert p.exitcode == 0
+    del q, holder
+    assert wait_for_objects(manager, 0) == 0
+
+
+def test_grace_period_then_freed(monkeypatch):
+    import pickle
+    monkeypatch.setattr(managers, '_GRACE', 0.5)
+    ctx = multiprocessing_c.get_context('fork')    # the server inherits it
+    with SyncManager(ctx=ctx) as m:
+        d = m.dict(a=1)
+        data = pickle.dumps(d)         # a twin may appear elsewhere
+        ident = d._token.id
+        del d
+        assert m._number_of_objects() == 0
+        assert 'released' in m._debug_info()
+        twin = pickle.loads(data)      # ... and revives it in time
+        assert twin['a'] == 1
+        assert m._number_of_objects() == 1
+        assert twin._token.id == ident
+        del twin                       # not pickled itself: freed at once
+        assert m._debug_info() == ''
+        d = m.dict(b=2)
+        pickle.dumps(d)
+        del d
+        assert 'released' in m._debug_info()
+        deadline = time.monotonic() + 10
+        while m._debug_info():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
