@@ -130,12 +130,13 @@ def _dumps(obj):
         return _fresh_dumps(obj)
     state[2] = True
     try:
-        buf.seek(0)
-        buf.truncate()
-        pickler.clear_memo()
         pickler.dump(obj)
         return buf.getvalue()
     finally:
+        # The memo refers to what was pickled: let it go now.
+        pickler.clear_memo()
+        buf.seek(0)
+        buf.truncate()
         state[2] = False
 
 
@@ -388,7 +389,7 @@ class Server:
                 while not self.stop_event.wait(self._next_wakeup(interval)):
                     self._expire()
                     if self._decrefs:
-                        took = self._collect_cycles()
+                        took = self._collect_cycles()[0]
                         # Never spend more than a few percent of the time.
                         interval = max(5.0, 30 * took)
             except (KeyboardInterrupt, SystemExit):
@@ -768,15 +769,18 @@ class Server:
     def _collect_cycles(self):
         """Free the shared objects that only other unreachable shared
         objects refer to (a list appended to itself, two dicts holding each
-        other), as a tracing collector would.  Returns the seconds taken."""
+        other), as a tracing collector would.  Returns (seconds taken, the
+        number of objects alive without counting those only objects in
+        their grace period hold), or (0.0, None) when there was no pass."""
         if not self._local_proxies or not self._collect_lock.acquire(False):
-            return 0.0
+            return 0.0, None
         start = time.monotonic()
+        live = None
         try:
             self._decrefs = 0
             local_ids = {id(p) for p in list(self._local_proxies)}
             if not local_ids:
-                return 0.0
+                return 0.0, None
             with self.mutex:
                 objects = {i: e[0] for i, e in self.id_to_obj.items()}
                 counts = dict(self.id_to_refcount)
@@ -799,6 +803,16 @@ class Server:
                         marked.add(target)
                         reachable.append(target)
             garbage = [i for i in objects if i not in marked]
+            # Again from the roots that are not in their grace period.
+            roots = [i for i in objects if i not in dying
+                     and counts.get(i, 0) > internal.get(i, 0)]
+            held = set(roots)
+            while roots:
+                for target in edges.get(roots.pop(), ()):
+                    if target not in held and target not in dying:
+                        held.add(target)
+                        roots.append(target)
+            live = len(held)
             dropped = []
             with self.mutex:
                 # Anything that changed meanwhile was in use: skip this round.
@@ -814,11 +828,11 @@ class Server:
             del objects, dropped, holders
         finally:
             self._collect_lock.release()
-        return time.monotonic() - start
+        return time.monotonic() - start, live
 
     def number_of_objects(self, c):
-        self._collect_cycles()
-        return len(self.id_to_refcount)
+        live = self._collect_cycles()[1]
+        return len(self.id_to_refcount) if live is None else live
 
     def debug_info(self, c):
         self._collect_cycles()

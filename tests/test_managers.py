@@ -1312,3 +1312,31 @@ def test_grace_period_then_freed(monkeypatch):
         while m._debug_info():
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+class Counted:
+    pass
+
+
+def test_arguments_are_not_kept_alive(manager):
+    import weakref
+    lst = manager.list()
+    objs = [Counted() for _ in range(5)]
+    refs = [weakref.ref(o) for o in objs]
+    lst.extend(objs)
+    del objs
+    gc.collect()
+    assert [r() for r in refs] == [None] * 5
+    assert len(lst) == 5
+
+
+def test_objects_held_only_by_released_ones_are_not_counted(manager):
+    import pickle
+    inner = manager.list([True])
+    outer = manager.dict(inner=inner)
+    del inner
+    pickle.dumps(outer)             # outer goes into its grace period
+    del outer
+    assert manager._number_of_objects() == 0
+    info = manager._debug_info()
+    assert 'released' in info and 'refcount=1' in info
