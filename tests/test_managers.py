@@ -564,7 +564,8 @@ def test_bad_arguments():
     import inspect
     import sys
     sig = inspect.signature(BaseManager.__init__)
-    assert ('shutdown_timeout' in sig.parameters) == (sys.version_info >= (3, 11))
+    has_it = 'shutdown_timeout' in sig.parameters
+    assert has_it == (sys.version_info >= (3, 11))
 
 # ---------------------------------------------------------------------------
 # Custom managers and proxies (the stdlib suite's _TestMyManager, extended).
@@ -1212,7 +1213,8 @@ def test_malformed_requests_on_a_served_connection():
     with SyncManager(address=(HOST, 0), authkey=authkey) as m:
         c = connection.Client(m.address, authkey=authkey)
         managers.dispatch(c, None, 'accept_connection', ('raw',))
-        for bad in (42, ('too', 'short'), [None, 'shutdown'], (None, 7, (), {})):
+        for bad in (42, ('too', 'short'), [None, 'shutdown'],
+                    (None, 7, (), {})):
             c.send(bad)
             kind, detail = c.recv()
             assert kind == '#TRACEBACK', (bad, kind, detail)
