@@ -8,17 +8,15 @@ dialect so both can connect to each other.
 """
 import copyreg
 import hmac
-import io
 import itertools
 import os
 import socket
 import sys
-import threading
 
 from . import _mpcore
 from . import reduction
 from . import util
-from .context import AuthenticationError, BufferTooShort
+from .context import AuthenticationError, BufferTooShort  # noqa: F401 (API)
 
 __all__ = ['Client', 'Listener', 'Pipe', 'wait']
 

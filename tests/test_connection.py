@@ -119,6 +119,28 @@ class TestFraming:
         c.close()
         m.close()
 
+    @pytest.mark.parametrize('kind', ['socket', 'pipe'])
+    @pytest.mark.parametrize('first', [0, 10, 1024, 1025, 70000])
+    def test_never_reads_past_the_frame(self, kind, first, fd_guard):
+        # Several processes may share a read end: recv_bytes must leave
+        # the next frame untouched in the kernel.
+        if kind == 'socket':
+            a, b = socket.socketpair()
+            rfd, wfd = a.detach(), b.detach()
+        else:
+            rfd, wfd = os.pipe()
+        second = struct.pack('!i', 3) + b'two'
+        data = struct.pack('!i', first) + b'1' * first + second
+        t = in_thread(lambda: os.write(wfd, data) if len(data) < 4096
+                      else [os.write(wfd, data[i:i + 4096])
+                            for i in range(0, len(data), 4096)])
+        c = _mpcore.Connection(rfd)
+        assert c.recv_bytes() == b'1' * first
+        t.join()
+        assert os.read(rfd, 100) == second
+        c.close()
+        os.close(wfd)
+
     def test_message_over_growth_limit(self, fd_guard):
         # Bigger than what recv_bytes allocates up front (64 MiB): the
         # buffer grows as data arrives.
@@ -359,7 +381,7 @@ class TestPoll:
         t0 = time.monotonic()
         assert c.poll() is False
         assert c.poll(-1) is False
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 3
         t0 = time.monotonic()
         assert c.poll(0.2) is False
         assert time.monotonic() - t0 >= 0.2
@@ -414,7 +436,7 @@ class TestWait:
         assert time.monotonic() - t0 >= 0.2
         t0 = time.monotonic()
         assert _mpcore.wait([a], timeout=-1) == []
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 3
         b.close()
         assert _mpcore.wait([a]) == [a]
         a.close()
@@ -505,7 +527,7 @@ class TestEINTR:
         assert c.poll(0.3) is False
         assert _mpcore.wait([c], 0.3) == []
         # Retries recompute the remaining time: no drift past the deadline.
-        assert 0.6 <= time.monotonic() - t0 < 3
+        assert 0.6 <= time.monotonic() - t0 < 10
         t = self._delayed_writer(raw, b'\x00\x00\x00\x00', 0.2)
         assert c.poll(None) is True
         assert _mpcore.wait([c]) == [c]
@@ -674,7 +696,6 @@ class TestStdlibInterop:
 # ------------------------------------------------- the Python-level API
 
 from multiprocessing_c import connection, reduction    # noqa: E402
-import multiprocessing_c                                # noqa: E402
 
 
 def child_echo(conn):
