@@ -142,6 +142,64 @@ semlock_wait(sem_t *handle, int64_t deadline)
     }
 }
 
+static PyObject *semlock_release(PyObject *op, PyObject *Py_UNUSED(ignored));
+
+/* ---- internal API for other concept files (declared in mpcore.h) ----
+ * Plain SEMAPHORE-kind locks only (the queues' read/write locks and size
+ * counters); they keep this process's acquire count like acquire() and
+ * release() do. */
+
+int
+mp_semlock_check(PyObject *obj, mp_state *st)
+{
+    if (!PyObject_TypeCheck(obj, st->SemLockType)) {
+        PyErr_Format(PyExc_TypeError, "expected a SemLock, not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (SemLock_CAST(obj)->kind != SEMAPHORE) {
+        PyErr_SetString(PyExc_ValueError, "expected a non-recursive SemLock");
+        return -1;
+    }
+    return 0;
+}
+
+int
+mp_semlock_acquire_until(PyObject *obj, int64_t deadline)
+{
+    SemLockObject *self = SemLock_CAST(obj);
+    int res, err;
+    do {
+        res = sem_trywait(self->handle);
+        err = errno;
+    } while (res < 0 && err == EINTR && PyErr_CheckSignals() == 0);
+    if (res < 0) {
+        if (err == EINTR)
+            return -1;
+        if (err != EAGAIN) {
+            mp_set_oserror(err);
+            return -1;
+        }
+        if (deadline != MP_FOREVER && deadline <= mp_now_ns())
+            return 0;
+        res = semlock_wait(self->handle, deadline);
+        if (res <= 0)
+            return res;
+    }
+    semlock_note_acquired(self);
+    return 1;
+}
+
+int
+mp_semlock_release(PyObject *obj)
+{
+    PyObject *r = semlock_release(obj, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 PyDoc_STRVAR(semlock_acquire__doc__,
 "acquire($self, /, block=True, timeout=None)\n--\n\n"
 "Acquire the semaphore/lock.  With block false, or once `timeout` seconds\n"

@@ -7,9 +7,11 @@ as connection objects too.
 
 Data path of Queue.put (DESIGN.md: "a put that has returned should be
 delivered, or fail in the caller"): the object is pickled in the caller,
-so a pickling error is known at once, and the frame is written straight
-into the pipe with one non-blocking write while the caller holds the
-cross-process write lock.  Only when that cannot complete (the pipe is
+so a pickling error is known at once, and one C call
+(_mpcore.queue_send) takes the cross-process write lock and writes the
+frame straight into the pipe with one non-blocking write.  get() is one
+C call too (_mpcore.queue_recv): read lock, wait with the GIL released,
+the whole frame, the size counter.  Only when that cannot complete (the pipe is
 full, or another process is writing) do the remaining bytes go to a
 per-queue buffer drained by a feeder thread, which keeps puts
 non-blocking as the stdlib's are; later puts of this process queue up
@@ -31,6 +33,7 @@ import weakref
 from queue import Empty, Full
 
 from . import _mpcore, context, util
+from ._mpcore import queue_recv as _queue_recv, queue_send as _queue_send
 from .util import Finalize, debug, info, is_exiting, register_after_fork
 
 try:
@@ -46,6 +49,19 @@ except ImportError:  # pragma: no cover - the foundation provides it
         loads = staticmethod(_pickle.loads)
 
 __all__ = ['Queue', 'SimpleQueue', 'JoinableQueue']
+
+import pickle as _pickle
+
+# Objects of these exact types never reach a pickler's dispatch table
+# (the C pickler writes them itself), so plain pickle.dumps gives the same
+# bytes as ForkingPickler.dumps without building a pickler per item.
+_ATOMIC_TYPES = frozenset([int, float, str, bytes, bool, type(None)])
+
+
+def _dumps(obj, _atomic=_ATOMIC_TYPES, _plain=_pickle.dumps):
+    if type(obj) in _atomic:
+        return _plain(obj)
+    return _ForkingPickler.dumps(obj)
 
 _SEM_VALUE_MAX = _mpcore.SemLock.SEM_VALUE_MAX
 _HEADER = struct.Struct('!i')
@@ -64,6 +80,11 @@ def _frame_parts(data):
             return [_HEADER.pack(n) + bytes(data)]
         return [_HEADER.pack(n), data]
     return [_BIG_HEADER.pack(-1, n), data]
+
+
+def _frame_size(data):
+    n = len(data)
+    return n + (4 if n < _BIG else 12)
 
 
 def _skip(parts, n):
@@ -216,6 +237,15 @@ def _pipe():
 _STOP = object()
 
 
+class _FeedState(object):
+    """Shared by a queue's putters and its feeder thread, under _tlock."""
+    __slots__ = ('busy', 'holding')
+
+    def __init__(self):
+        self.busy = False       # the feeder is writing a batch
+        self.holding = False    # a put left _wlock held mid-frame for it
+
+
 def _fileno_or_none(end):
     try:
         return end.fileno()
@@ -262,9 +292,7 @@ class Queue(object):
         self._tlock = threading.Lock()
         self._notempty = threading.Condition(self._tlock)
         self._buffer = collections.deque()
-        # True while the feeder owns a _wlock acquired by a put that could
-        # write only part of its frame.
-        self._holding_wlock = False
+        self._feedstate = _FeedState()
         self._thread = None
         self._jointhread = None
         self._joincancelled = False
@@ -282,7 +310,7 @@ class Queue(object):
         if not self._sem.acquire(block, timeout):
             raise Full
         try:
-            data = _ForkingPickler.dumps(obj)
+            data = _dumps(obj)
         except Exception as e:
             # Reported as the stdlib's feeder thread reports it, but here,
             # while the caller's frame is still on the stack.
@@ -290,7 +318,7 @@ class Queue(object):
             self._on_queue_feeder_error(e, obj)
             return
         try:
-            self._send(_frame_parts(data))
+            self._send(data)
         except BaseException:
             self._sem.release()
             raise
@@ -298,44 +326,45 @@ class Queue(object):
     def put_nowait(self, obj):
         return self.put(obj, False)
 
-    def _send(self, parts):
+    def _send(self, data):
         """Write one frame now, or queue it behind earlier ones."""
+        state = self._feedstate
         with self._tlock:
-            if not self._buffer and self._wlock.acquire(False):
+            if not self._buffer and not state.busy:
                 try:
-                    n = os.writev(self._writer_fd, parts)
-                except BlockingIOError:
-                    n = 0
+                    n = _queue_send(self._writer_fd, self._wlock._semlock,
+                                    data, False)
                 except BrokenPipeError:
-                    self._wlock.release()
                     if self._ignore_epipe:
                         return
                     raise
-                except BaseException:
-                    self._wlock.release()
-                    raise
-                rest = _skip(parts, n)
-                if not rest:
-                    self._wlock.release()
+                if n > 0 and n == _frame_size(data):
                     return
-                if n:
-                    # Part of the frame is in the pipe: keep the write lock
-                    # so no other writer splits it, and let the feeder
-                    # finish the frame and release the lock.
-                    self._holding_wlock = True
-                else:
-                    self._wlock.release()
-                parts = rest
+                parts = _frame_parts(data)
+                if n > 0:
+                    # Part of the frame is in the pipe and _wlock is still
+                    # held, so no other writer splits it; the feeder
+                    # finishes the frame and releases the lock.
+                    state.holding = True
+                    parts = _skip(parts, n)
+            else:
+                parts = _frame_parts(data)
+            # The feeder only sleeps on an empty buffer: wake it then only.
+            wake = not self._buffer
             self._buffer.append(parts)
             if self._thread is None:
                 self._start_thread()
-            self._notempty.notify()
+            elif wake:
+                self._notempty.notify()
 
     def _start_thread(self):
         # Called with _tlock held.
         debug('Queue._start_thread()')
         self._thread = threading.Thread(
-            target=Queue._feed, args=(weakref.ref(self),),
+            target=Queue._feed,
+            args=(self._buffer, self._notempty, self._feedstate,
+                  self._writer_fd, self._wlock, self._reader, self._writer,
+                  self._ignore_epipe),
             name='QueueFeederThread', daemon=True)
         self._thread.start()
         if not self._joincancelled:
@@ -348,38 +377,29 @@ class Queue(object):
             exitpriority=10)
 
     @staticmethod
-    def _feed(queue_ref):
-        """Feeder thread: write buffered frames in order."""
-        q = queue_ref()
-        if q is None:
-            return
-        buffer, notempty, fd, wlock = q._buffer, q._notempty, q._writer_fd, q._wlock
-        writer, reader = q._writer, q._reader
-        ignore_epipe = q._ignore_epipe
-        del q
-        while True:
+    def _feed(buffer, notempty, state, fd, wlock, reader, writer, ignore_epipe):
+        """Feeder thread: write buffered frames in order, each batch in one
+        write while holding the write lock once."""
+        stop = False
+        while not stop:
             with notempty:
                 while not buffer:
                     notempty.wait()
-                parts = buffer[0]
-                if parts is _STOP:
-                    buffer.popleft()
-                    break
-                q = queue_ref()
-                holding = q is not None and q._holding_wlock
-                del q
+                batch = list(buffer)
+                buffer.clear()
+                # Puts arriving while we write must queue behind the batch.
+                state.busy = True
+                holding, state.holding = state.holding, False
+            if any(b is _STOP for b in batch):
+                stop = True
+                batch = [b for b in batch if b is not _STOP]
             try:
-                if not holding:
-                    wlock.acquire()
-                try:
-                    _write_all(fd, parts)
-                finally:
-                    with notempty:
-                        q = queue_ref()
-                        if q is not None:
-                            q._holding_wlock = False
-                        del q
-                    wlock.release()
+                if batch:
+                    blob = b''.join([p for parts in batch for p in parts])
+                    if not holding:
+                        wlock.acquire()
+                        holding = True
+                    _write_all(fd, [blob])
             except Exception as e:
                 if ignore_epipe and isinstance(e, BrokenPipeError):
                     pass
@@ -388,8 +408,12 @@ class Queue(object):
                 else:
                     import traceback
                     traceback.print_exc()
-            with notempty:
-                buffer.popleft()
+            finally:
+                if holding:
+                    wlock.release()
+                    holding = False
+                with notempty:
+                    state.busy = False
         # close() was called and everything before it is written.
         debug('feeder thread got sentinel -- exiting')
         for end in (writer, reader):
@@ -429,25 +453,12 @@ class Queue(object):
     def get(self, block=True, timeout=None):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        if block and timeout is None:
-            with self._rlock:
-                data = _read_frame(self._reader_fd)
-                self._sem.release()
-        else:
-            if block:
-                deadline = time.monotonic() + timeout
-            if not self._rlock.acquire(block, timeout):
-                raise Empty
-            try:
-                if block:
-                    if not _poll_fd(self._reader_fd, deadline - time.monotonic()):
-                        raise Empty
-                elif not _poll_fd(self._reader_fd, 0):
-                    raise Empty
-                data = _read_frame(self._reader_fd)
-                self._sem.release()
-            finally:
-                self._rlock.release()
+        # One C call: read lock, wait (GIL released), whole frame, size
+        # counter, read lock again.
+        data = _queue_recv(self._reader_fd, self._rlock._semlock,
+                           self._sem._semlock, timeout if block else 0)
+        if data is None:
+            raise Empty
         return _ForkingPickler.loads(data)
 
     def get_nowait(self):
@@ -522,7 +533,7 @@ class JoinableQueue(Queue):
         if not self._sem.acquire(block, timeout):
             raise Full
         try:
-            data = _ForkingPickler.dumps(obj)
+            data = _dumps(obj)
         except Exception as e:
             self._sem.release()
             self._on_queue_feeder_error(e, obj)
@@ -531,7 +542,7 @@ class JoinableQueue(Queue):
         # can never run first.
         self._unfinished_tasks.release()
         try:
-            self._send(_frame_parts(data))
+            self._send(data)
         except BaseException:
             self._unfinished_tasks.acquire(False)
             self._sem.release()
@@ -578,14 +589,13 @@ class SimpleQueue(object):
         self._poll = self._reader.poll
 
     def get(self):
-        with self._rlock:
-            data = _read_frame(self._reader.fileno())
+        data = _queue_recv(self._reader.fileno(), self._rlock._semlock,
+                           None, None)
         return _ForkingPickler.loads(data)
 
     def put(self, obj):
         # Pickled outside the lock; an unpicklable object raises here.
-        parts = _frame_parts(_ForkingPickler.dumps(obj))
-        with self._wlock:
-            _write_all(self._writer.fileno(), parts)
+        _queue_send(self._writer.fileno(), self._wlock._semlock, _dumps(obj),
+                    True)
 
     __class_getitem__ = classmethod(types.GenericAlias)

@@ -284,10 +284,11 @@ class TestSimpleQueueInProcess:
 
 
 class TestAcrossProcesses:
-    def test_items_arrive_in_order_and_none_lost_at_exit(self, ctx):
+    @pytest.mark.parametrize('close', [True, False], ids=['close', 'noclose'])
+    def test_items_arrive_in_order_and_none_lost_at_exit(self, ctx, close):
         q = ctx.Queue()
         n = 5000    # more than the pipe holds: the child's feeder must drain
-        p = ctx.Process(target=child_put_range, args=(q, 0, n, True))
+        p = ctx.Process(target=child_put_range, args=(q, 0, n, close))
         p.start()
         time.sleep(0.2)     # the child is waiting at exit with data buffered
         assert [q.get(timeout=WAIT) for _ in range(n)] == list(range(n))
@@ -396,8 +397,12 @@ class TestAcrossProcesses:
         outq.close()
 
 
-def test_no_semaphores_or_fds_left():
-    before_sems = set(glob.glob('/dev/shm/sem.*'))
+def test_no_semaphores_or_fds_left(monkeypatch):
+    from multiprocessing_c import synchronize
+    names = []
+    make_name = synchronize.SemLock._make_name
+    monkeypatch.setattr(synchronize.SemLock, '_make_name', staticmethod(
+        lambda: names.append(make_name()) or names[-1]))
     before_fds = set(os.listdir('/proc/self/fd'))
     for method in ('fork', 'spawn'):
         ctx = multiprocessing_c.get_context(method)
@@ -407,5 +412,88 @@ def test_no_semaphores_or_fds_left():
             q.close()
         del q
     gc.collect()
-    assert set(glob.glob('/dev/shm/sem.*')) - before_sems == set()
+    assert len(names) >= 2 * (3 + 5 + 2)
+    assert [n for n in names if glob.glob('/dev/shm/sem.' + n.lstrip('/'))] == []
     assert set(os.listdir('/proc/self/fd')) - before_fds == set()
+
+
+# ------------------------------------------- _mpcore.queue_send / queue_recv
+
+
+class TestCQueuePath:
+    @pytest.fixture
+    def pipe_and_locks(self):
+        from multiprocessing_c import _mpcore
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        locks = [_mpcore.SemLock(1, 1, 1, '/mpc-q-%d-%d' % (os.getpid(), i), True)
+                 for i in range(2)]
+        yield _mpcore, r, w, locks[0], locks[1]
+        os.close(r)
+        os.close(w)
+
+    def test_frames_round_trip_in_connection_format(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        assert m.queue_send(w, wl, b'abc', False) == 7
+        assert os.read(r, 7) == b'\x00\x00\x00\x03abc'
+        assert m.queue_send(w, wl, memoryview(b'xyz'), True) == 7
+        assert m.queue_recv(r, rl, None, None) == b'xyz'
+        assert m.queue_recv(r, rl, None, 0) is None
+        assert rl._get_value() == 1 and wl._get_value() == 1
+
+    def test_busy_lock_and_full_pipe(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        wl.acquire()
+        assert m.queue_send(w, wl, b'abc', False) == -1
+        wl.release()
+        big = b'z' * (1 << 20)
+        n = m.queue_send(w, wl, big, False)
+        assert 0 < n < len(big) + 4
+        assert wl._get_value() == 0     # held for the caller to finish
+        wl.release()
+        assert m.queue_send(w, wl, b'more', False) == 0   # pipe full
+        assert wl._get_value() == 1
+
+    def test_sem_released_after_read(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        sem = m.SemLock(1, 0, 5, '/mpc-qs-%d' % os.getpid(), True)
+        m.queue_send(w, wl, b'1', True)
+        assert m.queue_recv(r, rl, sem, 1.0) == b'1'
+        assert sem._get_value() == 1
+
+    def test_argument_errors(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        with pytest.raises(TypeError):
+            m.queue_recv(r, object(), None, None)
+        with pytest.raises(TypeError):
+            m.queue_send(w, wl, 'not bytes', True)
+        with pytest.raises(TypeError):
+            m.queue_recv(r, rl)
+        rec = m.SemLock(0, 1, 1, '/mpc-qr-%d' % os.getpid(), True)
+        with pytest.raises(ValueError):
+            m.queue_recv(r, rec, None, 0)
+        with pytest.raises(ValueError):
+            m.queue_recv(-1, rl, None, 0)
+
+    def test_eof(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        r2, w2 = os.pipe()
+        os.close(w2)
+        with pytest.raises(EOFError):
+            m.queue_recv(r2, rl, None, 1.0)
+        os.close(r2)
+        assert rl._get_value() == 1     # the lock was given back
+
+    def test_timeout_with_sigalrm_spam(self, pipe_and_locks):
+        m, r, w, rl, wl = pipe_and_locks
+        old = signal.signal(signal.SIGALRM, lambda *a: None)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
+            t0 = time.monotonic()
+            assert m.queue_recv(r, rl, None, 0.3) is None
+            assert 0.29 <= time.monotonic() - t0 < 3
+            threading.Timer(0.1, m.queue_send, (w, wl, b'late', True)).start()
+            assert m.queue_recv(r, rl, None, None) == b'late'
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.signal(signal.SIGALRM, old)

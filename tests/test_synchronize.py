@@ -21,15 +21,31 @@ RECURSIVE_MUTEX, SEMAPHORE = 0, 1
 
 
 def _sem_files():
-    return set(glob.glob("/dev/shm/sem.*"))
+    # Only what this test process names: other processes on the machine
+    # create and remove semaphores of their own meanwhile.
+    return set(glob.glob("/dev/shm/sem.mpc-test-*-%d-*" % os.getpid()))
 
 
 @pytest.fixture
-def no_sem_leak():
+def no_sem_leak(monkeypatch):
+    """Fail if a semaphore this test named is still in /dev/shm after it."""
+    from multiprocessing_c import synchronize
+    created = []
+    make_name = synchronize.SemLock._make_name
+
+    def recording_make_name():
+        name = make_name()
+        created.append(name)
+        return name
+
+    monkeypatch.setattr(synchronize.SemLock, '_make_name',
+                        staticmethod(recording_make_name))
     before = _sem_files()
-    yield
+    yield created
     gc.collect()        # named semaphores go when their creator drops them
     leaked = _sem_files() - before
+    leaked |= set(n for n in created
+                  if os.path.exists('/dev/shm/sem.' + n.lstrip('/')))
     assert not leaked, f"semaphores left behind: {sorted(leaked)}"
 
 
@@ -784,9 +800,9 @@ class TestAcrossProcesses:
 class TestNamesAndLeaks:
     def test_fork_context_leaves_no_names(self, no_sem_leak):
         ctx = multiprocessing_c.get_context('fork')
-        before = _sem_files()
         objs = [ctx.Lock(), ctx.RLock(), ctx.Condition(), ctx.Event(), ctx.Barrier(2)]
-        assert _sem_files() == before
+        assert no_sem_leak and not any(
+            os.path.exists('/dev/shm/sem.' + n.lstrip('/')) for n in no_sem_leak)
         assert all(o._semlock.name is None
                    for o in objs[:2])
         del objs
@@ -819,3 +835,24 @@ class TestNamesAndLeaks:
         p.join(WAIT)
         assert lock.acquire(timeout=0.05) is False
         del lock, held, go
+
+
+def test_killed_creator_semaphore_removed_by_resource_tracker(tmp_path):
+    pytest.importorskip('multiprocessing_c.resource_tracker',
+                        reason='the resource tracker (issue 7) is not merged yet')
+    import subprocess
+    from testutil import child_env
+    code = ("import os, signal, multiprocessing_c as m\n"
+            "lock = m.get_context('spawn').Lock()\n"
+            "print(lock._semlock.name, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    p = subprocess.run([sys.executable, '-c', code], env=child_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    name = p.stdout.strip()
+    assert name.startswith('/')
+    path = '/dev/shm/sem.' + name[1:]
+    deadline = time.monotonic() + 10
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(path)
