@@ -135,11 +135,15 @@ def _terminated():
 
 
 def mapstar(args):
-    return list(map(*args))
+    """Run one map() chunk: args is (func, items)."""
+    func, items = args
+    return list(map(func, items))        # map() runs the loop in C
 
 
 def starmapstar(args):
-    return list(itertools.starmap(args[0], args[1]))
+    """Run one starmap() chunk: args is (func, argument tuples)."""
+    func, items = args
+    return list(itertools.starmap(func, items))
 
 
 def _dumps_with_header(job, i, obj):
@@ -188,7 +192,10 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None,
             break
         job, i = _HEADER.unpack_from(data)
         try:
-            func, args, kwds = loads(memoryview(data)[_HEADER.size:])
+            try:
+                func, args, kwds = loads(memoryview(data)[_HEADER.size:])
+            except Exception as e:
+                raise _unpickling_hint(e)
             result = (True, func(*args, **kwds))
         except Exception as e:
             result = (False, _wrap(e, wrap_exception))
@@ -257,6 +264,10 @@ class ApplyResult:
 
     def _set(self, i, obj):
         self._finish(*obj)
+
+    def _start(self, i):
+        # Called as its task goes to a worker: False skips the task.
+        return True
 
     def _abort(self, exc):
         if not self._event.is_set():
@@ -380,6 +391,9 @@ class IMapIterator:
             return self._chunks.pop(self._index, None)
         return self._chunks.popleft() if self._chunks else None
 
+    def _start(self, i):
+        return True
+
     def _has_next(self):
         if self._ordered:
             return self._index in self._chunks
@@ -430,6 +444,17 @@ def _pickling_hint(exc):
                      'arguments are pickled to reach a worker process; use '
                      'module-level functions and picklable arguments, or a '
                      'ThreadPool)')
+    return exc
+
+
+def _unpickling_hint(exc):
+    if hasattr(exc, 'add_note'):
+        exc.add_note('(multiprocessing_c.pool: the worker process could not '
+                     'unpickle the task; under spawn a worker imports the '
+                     "function's module afresh, so the function and the "
+                     'classes of its arguments must be importable there, '
+                     'not defined in an interactive session or inside '
+                     'another function)')
     return exc
 
 
@@ -693,6 +718,8 @@ class _Feeder:
                     disp.submit(result, i, _one, ((func, chunk[0]),), {}, None)
                 else:
                     disp.submit(result, i, mapper, ((func, chunk),), {}, None)
+                if disp._broken is not None:
+                    break        # every further chunk would fail alike
         except Exception as e:
             result._set(i + 1, (False, e))
             result._set_length(i + 2)
@@ -710,20 +737,30 @@ def _one(args):
 class _Worker:
     """The parent's record of one worker process."""
 
-    __slots__ = ('process', 'conn', 'sentinel', 'ready', 'task', 'deadline',
-                 'timeout', 'done', 'retiring', 'eof_at')
+    __slots__ = ('process', 'conn', 'sentinel', 'ready', 'tasks', 'deadline',
+                 'done', 'retiring', 'eof_at')
 
     def __init__(self, process, conn):
         self.process = process
         self.conn = conn
         self.sentinel = getattr(process, "sentinel", None)
         self.ready = False
-        self.task = None         # (result, i) of the task it runs
-        self.deadline = None
-        self.timeout = None
+        # Tasks sent, in order: the first is the one it runs, a second
+        # waits in its pipe (see _PREFETCH_BYTES).
+        self.tasks = collections.deque()
+        self.deadline = None     # of the first task, if it has a timeout
         self.done = 0
         self.retiring = False    # will exit after its last task (maxtasks)
         self.eof_at = None
+
+
+# A worker may hold a second task in its pipe while it runs the first, so
+# that it need not wait for the handler between tiny tasks.  Only a task
+# this small is sent early: it fits the socket buffer, so the send never
+# blocks on a worker busy computing (while that worker might be blocked
+# sending us a large result).  A worker that dies never started its
+# queued task: that one is sent to another worker.
+_PREFETCH_BYTES = 16384
 
 
 class _ProcessDispatcher:
@@ -887,7 +924,7 @@ class _ProcessDispatcher:
 
     def _idle(self):
         return (not self._retry and self.taskqueue.empty()
-                and all(r.task is None for r in self._records))
+                and all(not r.tasks for r in self._records))
 
     def _next_timeout(self):
         now = time.monotonic()
@@ -903,16 +940,16 @@ class _ProcessDispatcher:
     def _check_deadlines(self):
         now = time.monotonic()
         for r in list(self._records):
-            if r.deadline is not None and now >= r.deadline and r.task:
-                result, i = r.task
-                r.task = None
+            if r.deadline is not None and now >= r.deadline and r.tasks:
+                result, i, _, timeout = r.tasks.popleft()
+                self._requeue(r)
                 r.deadline = None
                 self._retire(r)          # no more tasks for it
                 _kill(r.process)
                 util.info('killed worker %s: task over its timeout', r.process.pid)
                 result._set(i, (False, TimeoutError(
                     'task exceeded its timeout of %g s; worker process %s '
-                    'was killed and replaced' % (r.timeout, r.process.pid))))
+                    'was killed and replaced' % (timeout, r.process.pid))))
             elif r.eof_at is not None and now >= r.eof_at + 1.0:
                 # Its channel is gone but it lives on: useless, stop it.
                 _kill(r.process)
@@ -935,30 +972,58 @@ class _ProcessDispatcher:
         except queue.Empty:
             return None
 
+    def _requeue(self, rec):
+        # Its queued tasks never started: first in line for other workers.
+        while len(rec.tasks) > 0:
+            self._retry.appendleft(rec.tasks.pop())
+
+    def _can_take(self, rec, depth):
+        if not rec.ready or rec.retiring or rec.conn is None:
+            return False
+        if len(rec.tasks) >= depth:
+            return False
+        return (self._maxtasks is None
+                or rec.done + len(rec.tasks) < self._maxtasks)
+
     def _dispatch(self):
-        for r in self._records:
-            if not r.ready or r.task is not None or r.retiring or r.conn is None:
-                continue
+        # Idle workers first; then a second, small task for busy ones.
+        for depth in (1, 2):
+            for r in self._records:
+                if self._can_take(r, depth) and not self._feed(r, depth):
+                    return
+
+    def _feed(self, rec, depth):
+        # Give `rec` one more task; False when there is none left to give.
+        while True:
             task = self._next_task()
             if task is None:
-                return
-            self._send(r, task)
+                return False
+            if rec.tasks and len(task[2]) > _PREFETCH_BYTES:
+                self._retry.appendleft(task)
+                return depth < 2
+            if self._send(rec, task):
+                return True
 
     def _send(self, rec, task):
+        # True once `rec` holds a task (or cannot take one any more).
         result, i, data, timeout = task
         if self._broken is not None:
             result._set(i, (False, self._broken))
-            return
+            return False
+        if not result._start(i):
+            return False         # cancelled meanwhile (executors)
         try:
             rec.conn.send_bytes(data)
         except OSError:
             # Never delivered, so never started: someone else runs it.
             self._retry.appendleft(task)
             rec.ready = False
-            return
-        rec.task = (result, i)
-        rec.timeout = timeout
-        rec.deadline = None if timeout is None else time.monotonic() + timeout
+            return True
+        rec.tasks.append(task)
+        if len(rec.tasks) == 1:
+            rec.deadline = (None if timeout is None
+                            else time.monotonic() + timeout)
+        return True
 
     def _on_readable(self, rec):
         try:
@@ -967,10 +1032,9 @@ class _ProcessDispatcher:
             rec.eof_at = time.monotonic()
             return
         self._on_message(rec, data)
-        if rec.ready and rec.task is None and not rec.retiring:
-            task = self._next_task()
-            if task is not None:
-                self._send(rec, task)
+        for depth in (1, 2):
+            if self._can_take(rec, depth):
+                self._feed(rec, depth)
 
     def _on_message(self, rec, data):
         job, i = _HEADER.unpack_from(data)
@@ -984,9 +1048,10 @@ class _ProcessDispatcher:
         if job == _INIT_FAILED:
             self._break(obj)
             return
-        task = rec.task
-        rec.task = None
+        task = rec.tasks.popleft() if rec.tasks else None
         rec.deadline = None
+        if rec.tasks and rec.tasks[0][3] is not None:
+            rec.deadline = time.monotonic() + rec.tasks[0][3]
         rec.done += 1
         if self._maxtasks is not None and rec.done >= self._maxtasks:
             self._retire(rec)
@@ -1027,12 +1092,17 @@ class _ProcessDispatcher:
             rec.conn.close()
             rec.conn = None
         util.debug('worker %s exited with %s', pid, exitcode)
-        if rec.task is not None:
-            result, i = rec.task
-            rec.task = None
+        if rec.tasks:
+            result, i = rec.tasks.popleft()[:2]
+            self._requeue(rec)
             result._set(i, (False, _lost(pid, exitcode)))
+            self._after_loss(pid, exitcode)
         elif not rec.ready and not self._terminating:
             self._break(_lost(pid, exitcode, 'before its initializer finished'))
+
+    def _after_loss(self, pid, exitcode):
+        # A worker died holding a task; the pool just replaces it.
+        pass
 
     def _break(self, exc):
         # A worker cannot start: fail everything rather than respawn forever.
@@ -1047,9 +1117,8 @@ class _ProcessDispatcher:
                 break
             task[0]._set(task[1], (False, exc))
         for r in self._records:
-            if r.task is not None:
-                result, i = r.task
-                r.task = None
+            while r.tasks:
+                result, i = r.tasks.popleft()[:2]
                 result._set(i, (False, exc))
         if self._terminating or self._broken is not None:
             for result in list(self._cache.values()):
@@ -1085,9 +1154,8 @@ class _ProcessDispatcher:
                 r.conn.close()
                 r.conn = None
         for r in records:
-            if r.task is not None:
-                result, i = r.task
-                r.task = None
+            while r.tasks:
+                result, i = r.tasks.popleft()[:2]
                 result._set(i, (False, _terminated()))
         self._records[:] = []
 

@@ -302,14 +302,18 @@ def test_get_timeout(pool):
 
 
 def test_unpicklable_argument(pool):
-    with pytest.raises(RuntimeError, match='cannot pickle'):
+    with pytest.raises(RuntimeError, match='cannot pickle') as info:
         pool.map(sqr, [Unpicklable()] * 10)
+    if sys.version_info >= (3, 11):
+        assert 'module-level functions' in ' '.join(info.value.__notes__)
     r = pool.apply_async(sqr, (Unpicklable(),))
     with pytest.raises(RuntimeError):
         r.get(10)
     # arguments that fail to unpickle in the worker fail just their task
-    with pytest.raises(ValueError, match='refused to unpickle'):
+    with pytest.raises(ValueError, match='refused to unpickle') as info:
         pool.apply(identity, (BadUnpickle(),))
+    if sys.version_info >= (3, 11):
+        assert 'could not unpickle' in ' '.join(info.value.__notes__)
     assert pool.apply(sqr, (3,)) == 9
 
 
@@ -664,3 +668,59 @@ def test_threadpool_refuses_task_timeout():
         with pytest.raises(ValueError):
             p.apply_async(sqr, (1,), timeout=1)
     p.join()
+
+
+def test_task_queued_behind_a_dying_one_still_runs(ctx):
+    # A worker may hold a second small task in its pipe; if it dies, that
+    # task never started and runs elsewhere instead of being lost.
+    with ctx.Pool(1) as p:
+        p.apply(sqr, (1,))
+        doomed = p.apply_async(exit_now, (5,))
+        queued = [p.apply_async(sqr, (i,)) for i in range(3)]
+        with pytest.raises(WorkerLostError):
+            doomed.get(timeout=20)
+        assert [r.get(timeout=20) for r in queued] == [0, 1, 4]
+    p.join()
+
+
+def test_large_tasks_and_results_both_ways(ctx):
+    # Big messages in both directions at once must not deadlock the
+    # handler and a worker against each other.
+    big = b'x' * 300000
+    with ctx.Pool(2) as p:
+        out = p.map(identity, [big] * 12, chunksize=1)
+        assert out == [big] * 12
+        rs = [p.apply_async(identity, (big + bytes([i]),)) for i in range(8)]
+        assert [r.get(timeout=20)[-1] for r in rs] == list(range(8))
+    p.join()
+
+
+def test_stdlib_pool_program_under_runner(tmp_path, start_method):
+    from testutil import run_python, write_script
+    script = write_script(tmp_path / 'pool_prog.py', '''
+        import multiprocessing, os, sys
+        from multiprocessing.pool import ThreadPool
+
+        def sqr(x):
+            return x * x
+
+        def die():
+            os._exit(4)
+
+        if __name__ == '__main__':
+            multiprocessing.set_start_method(sys.argv[1])
+            with multiprocessing.Pool(2) as p:
+                print(type(p).__module__, p.map(sqr, range(5)))
+                try:
+                    p.apply(die)
+                except Exception as e:
+                    print(type(e).__name__, e.exitcode)
+            with ThreadPool(2) as t:
+                print(t.map(sqr, range(3)))
+        ''')
+    r = run_python(['-m', 'multiprocessing_c', script, start_method],
+                   cwd=str(tmp_path), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split('\n')[:3] == [
+        'multiprocessing_c.pool [0, 1, 4, 9, 16]', 'WorkerLostError 4',
+        '[0, 1, 4]']
