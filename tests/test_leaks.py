@@ -103,7 +103,7 @@ if __name__ == '__main__':
         q = m.Queue()
         q.put(d['k'])
         q.get()
-    check(body, 300)
+    check(body, 150)
     del d
     assert m._number_of_objects() == 0, m._debug_info()
     m.shutdown()
