@@ -34,6 +34,10 @@ args=(manager.dict(),)).start()`` drops the parent's proxy at once).  Its
 last reference is therefore given back with '#DECREF_LATER': the object
 stays, uncounted, for a grace period (_GRACE seconds) in which a late
 incref revives it, and is freed after that.
+
+Objects that hold each other only through proxies (a list appended to
+itself) never reach zero; a tracing pass over what the shared objects
+contain finds and frees them (Server._collect_cycles).
 """
 import array
 import collections
