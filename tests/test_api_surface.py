@@ -18,10 +18,7 @@ STDLIB_SUBMODULES = sorted(
 # Submodules still to come, each with the issue that brings it.  The list
 # must shrink: a test fails when one of them appears, so it is taken off.
 NOT_YET = {
-    'synchronize': 'issue 6', 'queues': 'issue 6',
     'forkserver': 'issue 8', 'popen_forkserver': 'issue 8',
-    'managers': 'issue 9',
-    'pool': 'issue 10', 'dummy': 'issue 10',
 }
 
 # Names still missing from submodules we have, likewise shrinking.
