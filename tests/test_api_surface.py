@@ -22,7 +22,6 @@ NOT_YET = {
     'synchronize': 'issue 6', 'queues': 'issue 6',
     'heap': 'issue 7', 'sharedctypes': 'issue 7',
     'shared_memory': 'issue 7', 'resource_tracker': 'issue 7',
-    'forkserver': 'issue 8', 'popen_forkserver': 'issue 8',
     'managers': 'issue 9',
     'pool': 'issue 10', 'dummy': 'issue 10',
 }

@@ -55,6 +55,9 @@ def test_spawnv_passfds_errors():
         _mpcore.spawnv_passfds(sys.executable, [sys.executable], ['x'])
     with pytest.raises(TypeError):
         _mpcore.spawnv_passfds(sys.executable)
-    # No zombie is left by the failed exec above.
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)
+    # No zombie is left by the failed exec above (other children, such as
+    # a fork server, may be running: none of them has ended).
+    try:
+        assert os.waitpid(-1, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        pass

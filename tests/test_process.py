@@ -15,8 +15,10 @@ from conftest import run_python, write_script
 # ---- targets: module level, so that spawned children can import them ----
 
 def write_file(path, text):
-    with open(path, 'w') as f:
+    # Atomically: readers poll for the file and must not see it empty.
+    with open(path + '.tmp', 'w') as f:
         f.write(text)
+    os.replace(path + '.tmp', path)
 
 
 def report_self(path, *args, **kwargs):
@@ -295,7 +297,11 @@ ForkDoubler = _make_doubler(multiprocessing_c.get_context('fork').Process)
 ForkDoubler.__qualname__ = ForkDoubler.__name__ = 'ForkDoubler'
 SpawnDoubler = _make_doubler(multiprocessing_c.get_context('spawn').Process)
 SpawnDoubler.__qualname__ = SpawnDoubler.__name__ = 'SpawnDoubler'
-ContextDoubler = {'fork': ForkDoubler, 'spawn': SpawnDoubler}
+ForkServerDoubler = _make_doubler(
+    multiprocessing_c.get_context('forkserver').Process)
+ForkServerDoubler.__qualname__ = ForkServerDoubler.__name__ = 'ForkServerDoubler'
+ContextDoubler = {'fork': ForkDoubler, 'spawn': SpawnDoubler,
+                  'forkserver': ForkServerDoubler}
 
 
 def test_repr_states(ctx):
