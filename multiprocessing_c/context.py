@@ -31,6 +31,62 @@ class AuthenticationError(ProcessError):
     pass
 
 
+class _Factory:
+    """A context attribute that, when called, imports ``module`` and calls
+    its ``name`` with the context passed as keyword ``ctx_arg`` (if any).
+
+    The context is resolved at call time, so the default context's start
+    method is not fixed just by looking the factory up; the import happens
+    on first call, so a part that is missing fails naming itself."""
+
+    def __init__(self, module, ctx_arg='ctx', doc=None):
+        self.module = module
+        self.ctx_arg = ctx_arg
+        self.doc = doc
+        self.name = None
+        self.target = None
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, ctx, owner=None):
+        return self if ctx is None else _BoundFactory(self, ctx)
+
+    def resolve(self):
+        if self.target is None:
+            import importlib
+            module = importlib.import_module('.' + self.module, __package__)
+            self.target = getattr(module, self.name)
+        return self.target
+
+
+class _BoundFactory:
+    """A factory bound to one context: what ``ctx.Lock`` evaluates to."""
+
+    def __init__(self, factory, ctx):
+        self._factory = factory
+        self._ctx = ctx
+        self.__name__ = self.__qualname__ = factory.name
+        self.__doc__ = factory.doc
+
+    def __call__(self, *args, **kwargs):
+        f = self._factory
+        if f.ctx_arg is not None:
+            kwargs[f.ctx_arg] = self._ctx.get_context()
+        return f.resolve()(*args, **kwargs)
+
+    @property
+    def __signature__(self):
+        import inspect
+        sig = inspect.signature(self._factory.resolve())
+        return sig.replace(parameters=[
+            p for name, p in sig.parameters.items()
+            if name != self._factory.ctx_arg])
+
+    def __repr__(self):
+        return '<%s factory of %r>' % (self.__name__, self._ctx)
+
+
 class BaseContext:
     """The factories and functions of the package, bound to a start method."""
 
@@ -43,6 +99,32 @@ class BaseContext:
     parent_process = staticmethod(process.parent_process)
     active_children = staticmethod(process.active_children)
 
+    # Shared objects: each is the submodule's class or function, called
+    # with this context.
+    Pipe = _Factory('connection', None,
+                    'Return two Connection objects joined by a pipe.')
+    Lock = _Factory('synchronize', doc='Return a non-recursive lock.')
+    RLock = _Factory('synchronize', doc='Return a recursive lock.')
+    Condition = _Factory('synchronize', doc='Return a condition variable.')
+    Semaphore = _Factory('synchronize', doc='Return a semaphore.')
+    BoundedSemaphore = _Factory('synchronize',
+                                doc='Return a bounded semaphore.')
+    Event = _Factory('synchronize', doc='Return an event.')
+    Barrier = _Factory('synchronize', doc='Return a barrier.')
+    Queue = _Factory('queues', doc='Return a queue.')
+    JoinableQueue = _Factory('queues',
+                             doc='Return a queue with task_done() and join().')
+    SimpleQueue = _Factory('queues', doc='Return a minimal queue.')
+    Pool = _Factory('pool', 'context', 'Return a pool of worker processes.')
+    RawValue = _Factory('sharedctypes', None,
+                        'Return a ctypes object in shared memory.')
+    RawArray = _Factory('sharedctypes', None,
+                        'Return a ctypes array in shared memory.')
+    Value = _Factory('sharedctypes',
+                     doc='Return a ctypes object in shared memory with a lock.')
+    Array = _Factory('sharedctypes',
+                     doc='Return a ctypes array in shared memory with a lock.')
+
     def cpu_count(self):
         """Return the number of CPUs in the system."""
         num = os.cpu_count()
@@ -53,93 +135,9 @@ class BaseContext:
     def Manager(self):
         """Return a started SyncManager serving shared objects."""
         from .managers import SyncManager
-        m = SyncManager(ctx=self.get_context())
-        m.start()
-        return m
-
-    def Pipe(self, duplex=True):
-        """Return two Connection objects joined by a pipe."""
-        from .connection import Pipe
-        return Pipe(duplex)
-
-    def Lock(self):
-        """Return a non-recursive lock shared between processes."""
-        from .synchronize import Lock
-        return Lock(ctx=self.get_context())
-
-    def RLock(self):
-        """Return a recursive lock shared between processes."""
-        from .synchronize import RLock
-        return RLock(ctx=self.get_context())
-
-    def Condition(self, lock=None):
-        """Return a condition variable shared between processes."""
-        from .synchronize import Condition
-        return Condition(lock, ctx=self.get_context())
-
-    def Semaphore(self, value=1):
-        """Return a semaphore shared between processes."""
-        from .synchronize import Semaphore
-        return Semaphore(value, ctx=self.get_context())
-
-    def BoundedSemaphore(self, value=1):
-        """Return a bounded semaphore shared between processes."""
-        from .synchronize import BoundedSemaphore
-        return BoundedSemaphore(value, ctx=self.get_context())
-
-    def Event(self):
-        """Return an event shared between processes."""
-        from .synchronize import Event
-        return Event(ctx=self.get_context())
-
-    def Barrier(self, parties, action=None, timeout=None):
-        """Return a barrier shared between processes."""
-        from .synchronize import Barrier
-        return Barrier(parties, action, timeout, ctx=self.get_context())
-
-    def Queue(self, maxsize=0):
-        """Return a queue shared between processes."""
-        from .queues import Queue
-        return Queue(maxsize, ctx=self.get_context())
-
-    def JoinableQueue(self, maxsize=0):
-        """Return a queue with task_done() and join()."""
-        from .queues import JoinableQueue
-        return JoinableQueue(maxsize, ctx=self.get_context())
-
-    def SimpleQueue(self):
-        """Return a minimal queue shared between processes."""
-        from .queues import SimpleQueue
-        return SimpleQueue(ctx=self.get_context())
-
-    def Pool(self, processes=None, initializer=None, initargs=(),
-             maxtasksperchild=None):
-        """Return a pool of worker processes."""
-        from .pool import Pool
-        return Pool(processes, initializer, initargs, maxtasksperchild,
-                    context=self.get_context())
-
-    def RawValue(self, typecode_or_type, *args):
-        """Return a ctypes object in shared memory, without a lock."""
-        from .sharedctypes import RawValue
-        return RawValue(typecode_or_type, *args)
-
-    def RawArray(self, typecode_or_type, size_or_initializer):
-        """Return a ctypes array in shared memory, without a lock."""
-        from .sharedctypes import RawArray
-        return RawArray(typecode_or_type, size_or_initializer)
-
-    def Value(self, typecode_or_type, *args, lock=True):
-        """Return a ctypes object in shared memory, with a lock."""
-        from .sharedctypes import Value
-        return Value(typecode_or_type, *args, lock=lock,
-                     ctx=self.get_context())
-
-    def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
-        """Return a ctypes array in shared memory, with a lock."""
-        from .sharedctypes import Array
-        return Array(typecode_or_type, size_or_initializer, lock=lock,
-                     ctx=self.get_context())
+        manager = SyncManager(ctx=self.get_context())
+        manager.start()
+        return manager
 
     def freeze_support(self):
         """Run the child's code if this frozen Windows executable was started
@@ -267,66 +265,57 @@ def _method_available(method):
     return True
 
 
-class ForkProcess(process.BaseProcess):
-    _start_method = 'fork'
+def _forkserver_available(self):
+    import importlib.util
+    if importlib.util.find_spec(__package__ + '.forkserver') is None:
+        raise ValueError('forkserver start method not available: '
+                         'multiprocessing_c has no fork server yet')
 
-    @staticmethod
+
+def _no_after_fork():
+    # A spawned child starts as a fresh interpreter: there is no inherited
+    # state for the after-fork hooks to reset.
+    pass
+
+
+def _define_start_method(method, process_name, context_name, popen_module,
+                         after_fork=None, check_available=None):
+    """Create the Process class and the context of one start method; the
+    Process class starts its children with ``<popen_module>.Popen``."""
     def _Popen(process_obj):
-        from .popen_fork import Popen
-        return Popen(process_obj)
+        import importlib
+        module = importlib.import_module('.' + popen_module, __package__)
+        return module.Popen(process_obj)
 
+    proc_ns = {'__module__': __name__, '_start_method': method,
+               '_Popen': staticmethod(_Popen),
+               '__doc__': 'A process started with the %r start method.' % method}
+    if after_fork is not None:
+        proc_ns['_after_fork'] = staticmethod(after_fork)
+    proc_cls = type(process_name, (process.BaseProcess,), proc_ns)
 
-class SpawnProcess(process.BaseProcess):
-    _start_method = 'spawn'
-
-    @staticmethod
-    def _Popen(process_obj):
-        from .popen_spawn_posix import Popen
-        return Popen(process_obj)
-
-    @staticmethod
-    def _after_fork():
-        # A spawned child starts from scratch: nothing to run after fork.
-        pass
-
-
-class ForkServerProcess(process.BaseProcess):
-    _start_method = 'forkserver'
-
-    @staticmethod
-    def _Popen(process_obj):
-        from .popen_forkserver import Popen
-        return Popen(process_obj)
-
-
-class ForkContext(BaseContext):
-    _name = 'fork'
-    Process = ForkProcess
-
-
-class SpawnContext(BaseContext):
-    _name = 'spawn'
-    Process = SpawnProcess
-
-
-class ForkServerContext(BaseContext):
-    _name = 'forkserver'
-    Process = ForkServerProcess
-
-    def _check_available(self):
-        import importlib.util
-        if importlib.util.find_spec(__package__ + '.forkserver') is None:
-            raise ValueError('forkserver start method not available: '
-                             'multiprocessing_c has no fork server yet')
+    ctx_ns = {'__module__': __name__, '_name': method, 'Process': proc_cls,
+              '__doc__': 'The context of the %r start method.' % method}
+    if check_available is not None:
+        ctx_ns['_check_available'] = check_available
+    ctx_cls = type(context_name, (BaseContext,), ctx_ns)
+    globals()[process_name] = proc_cls
+    globals()[context_name] = ctx_cls
+    return ctx_cls()
 
 
 # One reducer for the whole program, whichever context sets it.
 _reducer = [reduction]
 
 _concrete_contexts = {
-    'fork': ForkContext(),
-    'spawn': SpawnContext(),
-    'forkserver': ForkServerContext(),
+    'fork': _define_start_method('fork', 'ForkProcess', 'ForkContext',
+                                 'popen_fork'),
+    'spawn': _define_start_method('spawn', 'SpawnProcess', 'SpawnContext',
+                                  'popen_spawn_posix',
+                                  after_fork=_no_after_fork),
+    'forkserver': _define_start_method('forkserver', 'ForkServerProcess',
+                                       'ForkServerContext', 'popen_forkserver',
+                                       check_available=_forkserver_available),
 }
 
 # Linux default of Python 3.9-3.13.

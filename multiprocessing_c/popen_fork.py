@@ -27,16 +27,19 @@ class Popen:
         return fd
 
     def poll(self, flag=os.WNOHANG):
-        """Return the exit code, or None while the child runs."""
+        """Return the exit code (-N after signal N), or None while the
+        child runs.  `flag` is os.WNOHANG, or 0 to block until it ends."""
         if self.returncode is None:
             try:
-                pid, status = os.waitpid(self.pid, flag)
+                info = os.waitid(os.P_PID, self.pid, os.WEXITED | flag)
             except ChildProcessError:
                 # Reaped by someone else (SIGCHLD set to SIG_IGN...): the
                 # status is lost, but the child is gone.
                 return None
-            if pid == self.pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+            if info is not None:
+                self.returncode = (info.si_status
+                                   if info.si_code == os.CLD_EXITED
+                                   else -info.si_status)
         return self.returncode
 
     def wait(self, timeout=None):

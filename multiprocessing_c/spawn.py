@@ -186,44 +186,39 @@ def prepare(data):
     if 'start_method' in data:
         from . import context
         context._force_start_method(data['start_method'])
-    if 'init_main_from_name' in data:
-        _fixup_main_from_name(data['init_main_from_name'])
-    elif 'init_main_from_path' in data:
-        _fixup_main_from_path(data['init_main_from_path'])
+    _import_parent_main(data.get('init_main_from_name'),
+                        data.get('init_main_from_path'))
 
 
-def _install_main(module):
-    # Pickles from the parent name its main module '__main__'.
-    old_main_modules.append(sys.modules['__main__'])
+def _import_parent_main(mod_name, main_path):
+    """Run the parent's main module here as ``__mp_main__`` (and make it
+    ``__main__``), so that what the parent pickled as ``__main__.X`` can be
+    found.  The ``if __name__ == '__main__'`` block does not run again."""
+    current = sys.modules['__main__']
+    if mod_name is not None:
+        # A package's __main__ is a program, not a library: never re-run it.
+        if (mod_name == '__main__' or mod_name.endswith('.__main__')
+                or getattr(current.__spec__, 'name', None) == mod_name):
+            return
+
+        def run():
+            return runpy.run_module(mod_name, run_name='__mp_main__',
+                                    alter_sys=True)
+    elif main_path is not None:
+        stem = os.path.splitext(os.path.basename(main_path))[0]
+        if stem == 'ipython' or getattr(current, '__file__', None) == main_path:
+            return
+
+        def run():
+            return runpy.run_path(main_path, run_name='__mp_main__')
+    else:
+        return
+    module = types.ModuleType('__mp_main__')
+    module.__dict__.update(run())
+    old_main_modules.append(current)
     sys.modules['__main__'] = sys.modules['__mp_main__'] = module
-
-
-def _fixup_main_from_name(mod_name):
-    # A package's __main__ is run only as a script; re-running it in the
-    # child would start the program again.
-    if mod_name == '__main__' or mod_name.endswith('.__main__'):
-        return
-    current = sys.modules['__main__']
-    if getattr(current.__spec__, 'name', None) == mod_name:
-        return
-    module = types.ModuleType('__mp_main__')
-    module.__dict__.update(runpy.run_module(mod_name, run_name='__mp_main__',
-                                            alter_sys=True))
-    _install_main(module)
-
-
-def _fixup_main_from_path(main_path):
-    current = sys.modules['__main__']
-    name = os.path.splitext(os.path.basename(main_path))[0]
-    if name == 'ipython':
-        return
-    if getattr(current, '__file__', None) == main_path:
-        return
-    module = types.ModuleType('__mp_main__')
-    module.__dict__.update(runpy.run_path(main_path, run_name='__mp_main__'))
-    _install_main(module)
 
 
 def import_main_path(main_path):
     """Run the script at `main_path` as this process's __mp_main__."""
-    _fixup_main_from_path(main_path)
+    _import_parent_main(None, main_path)

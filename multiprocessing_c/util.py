@@ -321,31 +321,52 @@ atexit.register(_exit_function)
 # ------------------------------------------------ fork-aware thread objects
 
 
+# Objects renewed in a forked child.  One os.register_at_fork hook serves
+# them all, so creating one never grows the after-fork registry (a child
+# that starts children of its own would otherwise double it each time).
+_renewed_in_child = weakref.WeakSet()
+
+
+def _renew_in_child():
+    for obj in list(_renewed_in_child):
+        obj._renew()
+
+
+os.register_at_fork(after_in_child=_renew_in_child)
+
+
 class ForkAwareThreadLock:
-    """A threading.Lock that is replaced by a fresh one in a forked child,
-    so a lock held by another thread at fork time cannot wedge the child."""
+    """A threading.Lock that a forked child gets afresh, unlocked, so that a
+    lock another thread held at fork time cannot wedge the child."""
 
     def __init__(self):
-        self._reset()
-        register_after_fork(self, ForkAwareThreadLock._reset)
+        self._renew()
+        _renewed_in_child.add(self)
 
-    def _reset(self):
+    def _renew(self):
         self._lock = threading.Lock()
-        self.acquire = self._lock.acquire
-        self.release = self._lock.release
+
+    def acquire(self, blocking=True, timeout=-1):
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self):
+        self._lock.release()
 
     def __enter__(self):
-        return self._lock.__enter__()
+        return self._lock.acquire()
 
-    def __exit__(self, *args):
-        return self._lock.__exit__(*args)
+    def __exit__(self, *exc_info):
+        self._lock.release()
 
 
 class ForkAwareLocal(threading.local):
-    """A threading.local whose attributes are dropped in a forked child."""
+    """A threading.local whose attributes a forked child does not inherit."""
 
     def __init__(self):
-        register_after_fork(self, lambda obj: obj.__dict__.clear())
+        _renewed_in_child.add(self)
+
+    def _renew(self):
+        vars(self).clear()
 
     def __reduce__(self):
         return type(self), ()

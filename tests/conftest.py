@@ -1,16 +1,8 @@
-"""Shared fixtures: the start-method parameter, a guard against children
-left running, and helpers to run scripts in a fresh interpreter."""
-import os
-import subprocess
-import sys
-import textwrap
-
+"""Shared fixtures: the start-method parameter and a guard against children
+left running (script helpers are in testutil.py)."""
 import pytest
 
 import multiprocessing_c
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.dirname(os.path.abspath(__file__))
 
 # forkserver joins this list when the fork server exists.
 START_METHODS = [m for m in ('fork', 'spawn', 'forkserver')
@@ -42,24 +34,3 @@ def _no_children_left():
         p.kill()
         p.join(5)
     assert not left, 'test left children running: %r' % left
-
-
-def child_env(**extra):
-    """The environment for a fresh interpreter that imports this checkout."""
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(
-        [ROOT, TESTS] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
-    env.update(extra)
-    return env
-
-
-def run_python(args, cwd=None, timeout=60, **extra_env):
-    """Run `python args...` and return the CompletedProcess (text mode)."""
-    return subprocess.run([sys.executable] + list(args), cwd=cwd,
-                          env=child_env(**extra_env), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def write_script(path, source):
-    path.write_text(textwrap.dedent(source))
-    return str(path)

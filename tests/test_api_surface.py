@@ -80,7 +80,7 @@ def test_not_yet_list_is_current():
 def test_package_never_imports_the_stdlib(tmp_path):
     # Import every submodule we have in a fresh interpreter and check that
     # neither stdlib package got loaded along the way.
-    from conftest import run_python
+    from testutil import run_python
     names = [n for n in STDLIB_SUBMODULES if ours(n)]
     code = ('import sys, importlib\n'
             'for n in %r: importlib.import_module("multiprocessing_c." + n)\n'

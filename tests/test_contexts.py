@@ -6,7 +6,7 @@ import pytest
 import multiprocessing_c
 from multiprocessing_c import context
 
-from conftest import run_python, write_script
+from testutil import run_python, write_script
 
 FACTORIES = [
     'Array', 'Barrier', 'BoundedSemaphore', 'Condition', 'Event',

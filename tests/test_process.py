@@ -9,7 +9,7 @@ import pytest
 import multiprocessing_c
 from multiprocessing_c import process as mp_process
 
-from conftest import run_python, write_script
+from testutil import run_python, write_script
 
 
 # ---- targets: module level, so that spawned children can import them ----
@@ -441,7 +441,7 @@ def test_stdin_is_devnull_in_child(ctx, tmp_path):
 
 def subprocess_with_stdin(script, *args):
     import subprocess
-    from conftest import child_env
+    from testutil import child_env
     return subprocess.run([sys.executable, script] + list(args),
                           input='parent input\n', capture_output=True,
                           text=True, env=child_env(), timeout=60)

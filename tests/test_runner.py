@@ -2,7 +2,7 @@
 `multiprocessing`, in themselves and in every child."""
 import pytest
 
-from conftest import run_python, write_script
+from testutil import run_python, write_script
 
 PROBE = '''
 import sys, multiprocessing, multiprocessing.process, _multiprocessing

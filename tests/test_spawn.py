@@ -3,7 +3,7 @@
 import os
 import sys
 
-from conftest import run_python, write_script
+from testutil import run_python, write_script
 
 
 def test_child_gets_sys_path_cwd_argv_and_mp_main(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import multiprocessing_c
 from multiprocessing_c import util
 
-from conftest import run_python, write_script
+from testutil import run_python, write_script
 
 
 def test_levels_and_logger():
@@ -177,3 +177,30 @@ def test_abstract_socket_helpers():
     assert not util.is_abstract_socket_namespace('/tmp/name')
     with pytest.raises(TypeError):
         util.is_abstract_socket_namespace(123)
+
+
+def test_fork_aware_objects_are_renewed_in_a_forked_child(tmp_path):
+    script = write_script(tmp_path / 'fa.py', '''
+        import multiprocessing_c as mp
+        from multiprocessing_c import util
+        lock = util.ForkAwareThreadLock()
+        local = util.ForkAwareLocal()
+        local.value = 'parent only'
+        def child():
+            print('child lock free:', lock.acquire(False), flush=True)
+            print('child local:', getattr(local, 'value', None), flush=True)
+            print('child registry:', len(util._afterfork_registry), flush=True)
+        if __name__ == '__main__':
+            before = len(util._afterfork_registry)
+            lock.acquire()      # held by the parent at fork time
+            p = mp.get_context('fork').Process(target=child)
+            p.start(); p.join()
+            print('parent registry:', before)
+    ''')
+    r = run_python([script])
+    assert r.returncode == 0, r.stderr
+    assert 'child lock free: True' in r.stdout
+    assert 'child local: None' in r.stdout
+    child_n = int(r.stdout.split('child registry:')[1].split()[0])
+    parent_n = int(r.stdout.split('parent registry:')[1].split()[0])
+    assert child_n <= parent_n

@@ -1,0 +1,90 @@
+"""CPython's own multiprocessing test suite, each of its tests a pytest
+result: `python -m pytest tests/conformance -k spawn` runs one method.
+
+A test that does not pass under multiprocessing_c is either listed in
+known_failures.txt with its reason (and then must keep failing, so the list
+shrinks), or fails here with CPython's traceback.
+"""
+import functools
+import importlib.util
+import os
+
+import pytest
+
+from suite_support import HERE, TARGET, WORKROOT, run_child
+
+ALL_METHODS = ('fork', 'spawn', 'forkserver')
+
+
+def available_methods():
+    if TARGET == 'stdlib':
+        return list(ALL_METHODS)
+    import multiprocessing_c
+    return [m for m in ALL_METHODS if m in multiprocessing_c.get_all_start_methods()]
+
+
+def load_known_failures():
+    """{(method, test_id): reason}; method '*' stands for every method."""
+    known = {}
+    with open(os.path.join(HERE, 'known_failures.txt')) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("#"):
+                continue
+            if not line:
+                continue
+            method, test_id, reason = line.split(None, 2)
+            known[(method, test_id)] = reason
+    return known
+
+
+@functools.lru_cache()
+def list_tests(method):
+    """Ask a fresh interpreter for the suite's test ids under `method`."""
+    workdir = os.path.join(WORKROOT, 'list-' + method)
+    os.makedirs(workdir, exist_ok=True)
+    return run_child(method, workdir, extra=['--list'], timeout=120)
+
+
+def missing_submodules():
+    import sys
+    sys.path.insert(0, os.path.dirname(HERE))
+    from test_api_surface import NOT_YET
+    return sorted(n for n in NOT_YET
+                  if importlib.util.find_spec('multiprocessing_c.' + n) is None)
+
+
+def collect():
+    known = load_known_failures()
+    cases = []
+    for method in available_methods():
+        listing = list_tests(method)
+        if 'tests' not in listing:
+            cases.append(pytest.param(method, None, None,
+                                      id='%s:suite-import' % method))
+            continue
+        for test_id in listing['tests']:
+            reason = known.get((method, test_id)) or known.get(('*', test_id))
+            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+            cases.append(pytest.param(method, test_id, listing, marks=marks,
+                                      id='%s:%s' % (method, test_id)))
+    return cases
+
+
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize('suite_method,test_id,listing', collect())
+def test_cpython(suite_runs, suite_method, test_id, listing):
+    if test_id is None:
+        status = list_tests(suite_method)['status']
+        missing = missing_submodules()
+        if missing and 'ModuleNotFoundError' in status:
+            pytest.skip("CPython's suite imports every submodule at once; "
+                        'multiprocessing_c does not provide %s yet' % ', '.join(missing))
+        pytest.fail('the suite could not be loaded:\n' + status)
+    result = suite_runs.get(suite_method)
+    if test_id not in result['outcomes']:
+        pytest.fail('no outcome for %s (run status: %s)' % (test_id, result['status'][:3000]))
+    outcome, detail = result['outcomes'][test_id]
+    if outcome == 'skip':
+        pytest.skip('CPython skips it: ' + detail)
+    assert outcome == 'pass', '%s under %s:\n%s' % (outcome, suite_method, detail)
