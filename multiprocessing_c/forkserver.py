@@ -281,10 +281,7 @@ def _preload(preload, main_path, sys_path, main_name):
         me = process.current_process()
         me._inheriting = True
         try:
-            if main_path is not None:
-                spawn.import_main_path(main_path)
-            else:
-                spawn._fixup_main_from_name(main_name)
+            spawn._import_parent_main(main_name, main_path)
         except Exception:
             # Each child prepares its main module again and reports the
             # error itself; the server keeps serving.

@@ -17,7 +17,7 @@ from multiprocessing_c import _mpcore
 from multiprocessing_c import forkserver
 from multiprocessing_c.forkserver import _forkserver
 
-from conftest import run_python, write_script
+from testutil import run_python, write_script
 
 ctx = multiprocessing_c.get_context('forkserver')
 
