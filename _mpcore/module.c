@@ -18,6 +18,12 @@ mpcore_exec(PyObject *module)
     mp_state *st = mp_get_state(module);
     if (mp_spawn_init(module, st) < 0)
         return -1;
+    if (mp_connection_init(module, st) < 0)
+        return -1;
+    if (mp_wait_init(module, st) < 0)
+        return -1;
+    if (mp_fdpass_init(module, st) < 0)
+        return -1;
     if (mp_forkserver_init(module, st) < 0)
         return -1;
     return 0;

@@ -108,6 +108,9 @@ void mp_deadline_timespec(int64_t deadline, struct timespec *ts);
 
 /* ---- one init per concept, called in order by module.c ---- */
 int mp_spawn_init(PyObject *module, mp_state *st);
+int mp_connection_init(PyObject *module, mp_state *st);
+int mp_wait_init(PyObject *module, mp_state *st);
+int mp_fdpass_init(PyObject *module, mp_state *st);
 int mp_forkserver_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */

@@ -9,11 +9,15 @@ import pickle
 import socket
 import sys
 
+from . import _mpcore
 from . import context
 
-__all__ = ['ForkingPickler', 'register', 'dump', 'DupFd']
+__all__ = ['ForkingPickler', 'register', 'dump', 'DupFd', 'sendfds',
+           'recvfds', 'send_handle', 'recv_handle']
 
 HAVE_SEND_HANDLE = True
+# Whether recvfds() acknowledges what it received (only macOS needs it).
+ACKNOWLEDGE = False
 
 
 class ForkingPickler(pickle.Pickler):
@@ -88,6 +92,35 @@ def _reduce_partial(p):
 
 
 register(functools.partial, _reduce_partial)
+
+# ---------------------------------------------------------------------------
+# Passing file descriptors over AF_UNIX sockets (SCM_RIGHTS, in C; the wire
+# format is the stdlib's, so either end may be the stdlib).
+
+
+def sendfds(sock, fds):
+    """Send the list of file descriptors `fds` over the AF_UNIX socket
+    `sock` (a socket, or anything with fileno(), or an fd)."""
+    _mpcore.sendfds(sock, list(fds))
+
+
+def recvfds(sock, size):
+    """Receive `size` file descriptors sent with sendfds() over `sock`;
+    they are close-on-exec.  Raises EOFError if the peer closed and
+    RuntimeError if something other than `size` descriptors arrived."""
+    return _mpcore.recvfds(sock, size)
+
+
+def send_handle(conn, handle, destination_pid):
+    """Send the file descriptor `handle` over the Connection (or socket)
+    `conn` to process `destination_pid`."""
+    _mpcore.sendfds(conn.fileno(), [handle])
+
+
+def recv_handle(conn):
+    """Receive a file descriptor sent with send_handle() over `conn`."""
+    return _mpcore.recvfds(conn.fileno(), 1)[0]
+
 
 # ---------------------------------------------------------------------------
 # File descriptors for a child.

@@ -18,7 +18,6 @@ STDLIB_SUBMODULES = sorted(
 # Submodules still to come, each with the issue that brings it.  The list
 # must shrink: a test fails when one of them appears, so it is taken off.
 NOT_YET = {
-    'connection': 'issue 5', 'resource_sharer': 'issue 5',
     'synchronize': 'issue 6', 'queues': 'issue 6',
     'heap': 'issue 7', 'sharedctypes': 'issue 7',
     'shared_memory': 'issue 7', 'resource_tracker': 'issue 7',
@@ -28,8 +27,6 @@ NOT_YET = {
 
 # Names still missing from submodules we have, likewise shrinking.
 PARTIAL = {
-    'reduction': {'ACKNOWLEDGE', 'recv_handle', 'recvfds', 'send_handle',
-                  'sendfds'},   # fd passing: issue 5
 }
 
 

@@ -1,0 +1,388 @@
+"""Connections between processes: Pipe(), Listener/Client over AF_UNIX
+and AF_INET sockets with HMAC authentication, and wait().
+
+The framing and every blocking call live in C (_mpcore.Connection,
+_mpcore.wait); this module adds pickling of objects, addresses, and the
+challenge/response handshake, which speaks the running Python's stdlib
+dialect so both can connect to each other.
+"""
+import hmac
+import itertools
+import os
+import socket
+import sys
+
+from . import _mpcore
+from . import reduction
+from . import util
+from .context import AuthenticationError, BufferTooShort
+
+__all__ = ['Client', 'Listener', 'Pipe', 'wait']
+
+BUFSIZE = 8192
+# Kept for compatibility: AF_UNIX/AF_INET connects do not retry.
+CONNECTION_TIMEOUT = 20.
+
+_ForkingPickler = reduction.ForkingPickler
+_mmap_counter = itertools.count()
+
+default_family = 'AF_UNIX'
+families = ['AF_INET', 'AF_UNIX']
+
+_ConnectionBase = _mpcore.Connection
+wait = _mpcore.wait
+
+
+class Connection(_mpcore.Connection):
+    """A two-way (or one-way) channel of messages over a file descriptor.
+
+    send_bytes/recv_bytes/recv_bytes_into/poll/fileno/close come from C;
+    send() and recv() carry any picklable object."""
+
+    def send(self, obj):
+        """Send a picklable object."""
+        self.send_bytes(_ForkingPickler.dumps(obj))
+
+    def recv(self):
+        """Receive an object sent with send()."""
+        return _ForkingPickler.loads(self.recv_bytes())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, exc_tb):
+        self.close()
+
+    # The stdlib's private checks, which some code calls.
+    def _check_closed(self):
+        if self.closed:
+            raise OSError("handle is closed")
+
+    def _check_readable(self):
+        if not self.readable:
+            raise OSError("connection is write-only")
+
+    def _check_writable(self):
+        if not self.writable:
+            raise OSError("connection is read-only")
+
+    def _poll(self, timeout):
+        return bool(_mpcore.wait([self], timeout))
+
+
+def reduce_connection(conn):
+    """Pickle a Connection as a duplicate of its fd for the receiver."""
+    df = reduction.DupFd(conn.fileno())
+    return rebuild_connection, (df, conn.readable, conn.writable)
+
+
+def rebuild_connection(df, readable, writable):
+    return Connection(df.detach(), readable, writable)
+
+
+reduction.register(Connection, reduce_connection)
+
+
+def Pipe(duplex=True):
+    """Return a pair (conn1, conn2) of connected Connections.  If `duplex`
+    is false, conn1 can only receive and conn2 only send."""
+    if duplex:
+        s1, s2 = socket.socketpair()
+        s1.setblocking(True)
+        s2.setblocking(True)
+        return Connection(s1.detach()), Connection(s2.detach())
+    r, w = os.pipe()
+    return Connection(r, writable=False), Connection(w, readable=False)
+
+
+# ---------------------------------------------------------------- addresses
+
+def arbitrary_address(family):
+    """Return an unused address of `family` to listen on."""
+    if family == 'AF_INET':
+        return ('localhost', 0)
+    if family == 'AF_UNIX':
+        # A fresh name in this process tree's private directory.
+        name = 'listener-%d-%d-%s' % (os.getpid(), next(_mmap_counter),
+                                      os.urandom(4).hex())
+        return os.path.join(util.get_temp_dir(), name)
+    if family == 'AF_PIPE':
+        raise ValueError('AF_PIPE (Windows named pipes) is not supported here')
+    raise ValueError('unrecognized family %r' % (family,))
+
+
+def _validate_family(family):
+    if family not in families:
+        raise ValueError('Family %s is not recognized.' % family)
+
+
+def address_type(address):
+    """Return the family name ('AF_INET', 'AF_UNIX' or 'AF_PIPE') that
+    `address` belongs to."""
+    if type(address) is tuple:
+        return 'AF_INET'
+    if type(address) is str and address.startswith('\\\\'):
+        return 'AF_PIPE'
+    if type(address) is str or (type(address) is bytes and
+                                util.is_abstract_socket_namespace(address)):
+        return 'AF_UNIX'
+    raise ValueError('address type of %r unrecognized' % (address,))
+
+
+def _check_authkey(authkey):
+    if authkey is not None and not isinstance(authkey, bytes):
+        raise TypeError('authkey should be a byte string')
+
+
+# --------------------------------------------------------- Listener/Client
+
+class Listener:
+    """A listening socket that returns an authenticated Connection per
+    accepted client."""
+
+    def __init__(self, address=None, family=None, backlog=1, authkey=None):
+        family = (family or (address and address_type(address))
+                  or default_family)
+        _validate_family(family)
+        address = address or arbitrary_address(family)
+        _check_authkey(authkey)
+        self._listener = SocketListener(address, family, backlog)
+        self._authkey = authkey
+
+    def accept(self):
+        """Wait for a client and return the Connection to it (after the
+        handshake if there is an authkey)."""
+        if self._listener is None:
+            raise OSError('listener is closed')
+        conn = self._listener.accept()
+        if self._authkey is not None:
+            try:
+                deliver_challenge(conn, self._authkey)
+                answer_challenge(conn, self._authkey)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def close(self):
+        """Stop listening (and remove an AF_UNIX socket file)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    @property
+    def address(self):
+        return self._listener._address
+
+    @property
+    def last_accepted(self):
+        return self._listener._last_accepted
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, exc_tb):
+        self.close()
+
+
+def Client(address, family=None, authkey=None):
+    """Connect to the Listener at `address` and return a Connection."""
+    family = family or address_type(address)
+    _validate_family(family)
+    _check_authkey(authkey)
+    conn = SocketClient(address)
+    if authkey is not None:
+        try:
+            answer_challenge(conn, authkey)
+            deliver_challenge(conn, authkey)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+class SocketListener:
+    """The socket behind a Listener."""
+
+    def __init__(self, address, family, backlog=1):
+        self._socket = socket.socket(getattr(socket, family))
+        try:
+            if family == 'AF_INET':
+                # Rebinding a port in TIME_WAIT is fine for a server.
+                self._socket.setsockopt(socket.SOL_SOCKET,
+                                        socket.SO_REUSEADDR, 1)
+            self._socket.setblocking(True)
+            self._socket.bind(address)
+            self._socket.listen(backlog)
+            self._address = self._socket.getsockname()
+        except OSError:
+            self._socket.close()
+            raise
+        self._family = family
+        self._last_accepted = None
+        if family == 'AF_UNIX' and not util.is_abstract_socket_namespace(address):
+            # Remove the socket file with the listener (or at exit).
+            self._unlink = util.Finalize(self, os.unlink, args=(address,),
+                                         exitpriority=0)
+        else:
+            self._unlink = None
+
+    def accept(self):
+        sock, self._last_accepted = self._socket.accept()
+        sock.setblocking(True)
+        return Connection(sock.detach())
+
+    def close(self):
+        try:
+            self._socket.close()
+        finally:
+            unlink, self._unlink = self._unlink, None
+            if unlink is not None:
+                try:
+                    unlink()
+                except FileNotFoundError:
+                    pass
+
+
+def SocketClient(address):
+    """Return a Connection to the socket listening at `address`."""
+    family = getattr(socket, address_type(address))
+    with socket.socket(family) as s:
+        s.setblocking(True)
+        s.connect(address)
+        return Connection(s.detach())
+
+
+# ---------------------------------------------------------- authentication
+#
+# The handshake: the deliverer sends CHALLENGE + payload, the answerer
+# replies with an HMAC of the payload keyed with the shared authkey, and
+# the deliverer answers WELCOME or FAILURE.  Python 3.12 added a digest
+# name prefix ('{sha256}') to payloads and replies; earlier versions send
+# a bare 20-byte payload and expect a bare HMAC-MD5.  We send what the
+# running Python's stdlib sends and accept either form of reply.
+
+MESSAGE_LENGTH = 20     # payload bytes of the legacy form
+CHALLENGE = b'#CHALLENGE#'
+WELCOME = b'#WELCOME#'
+FAILURE = b'#FAILURE#'
+
+_PREFIXED = sys.version_info >= (3, 12)
+_DEFAULT_DIGEST = 'sha256'
+_ALLOWED_DIGESTS = frozenset({'md5', 'sha256', 'sha384', 'sha3_256', 'sha3_384'})
+_MAX_REPLY = 256
+
+
+def _split_digest_name(data):
+    """Return (name, rest) for b'{name}rest', or (None, data)."""
+    if data.startswith(b'{'):
+        end = data.find(b'}', 1, 22)
+        if end > 0:
+            try:
+                name = data[1:end].decode('ascii')
+            except UnicodeDecodeError:
+                return None, data
+            return name, data[end + 1:]
+    return None, data
+
+
+def _reply_for(authkey, payload):
+    # A prefixed payload gets a reply prefixed with the same digest name;
+    # a bare one the legacy bare HMAC-MD5.  Both are over the whole payload.
+    name, _ = _split_digest_name(payload)
+    if name is None:
+        return hmac.digest(authkey, payload, 'md5')
+    if name not in _ALLOWED_DIGESTS:
+        raise AuthenticationError('unsupported digest %r in challenge' % name)
+    return b'{%s}' % name.encode() + hmac.digest(authkey, payload, name)
+
+
+def _reply_is_valid(authkey, payload, reply):
+    name, _ = _split_digest_name(reply)
+    if name is None:
+        expected = hmac.digest(authkey, payload, 'md5')
+    elif name in _ALLOWED_DIGESTS:
+        expected = b'{%s}' % name.encode() + hmac.digest(authkey, payload, name)
+    else:
+        return False
+    return hmac.compare_digest(reply, expected)
+
+
+def deliver_challenge(connection, authkey):
+    """Challenge the other end to prove it knows `authkey`; raise
+    AuthenticationError if it does not."""
+    if not isinstance(authkey, bytes):
+        raise ValueError('Authkey must be bytes, not %s' % type(authkey).__name__)
+    if _PREFIXED:
+        payload = b'{%s}' % _DEFAULT_DIGEST.encode() + os.urandom(40)
+    else:
+        payload = os.urandom(MESSAGE_LENGTH)
+    connection.send_bytes(CHALLENGE + payload)
+    reply = connection.recv_bytes(_MAX_REPLY)
+    if _reply_is_valid(authkey, payload, reply):
+        connection.send_bytes(WELCOME)
+    else:
+        connection.send_bytes(FAILURE)
+        raise AuthenticationError('digest received was wrong')
+
+
+def answer_challenge(connection, authkey):
+    """Prove to the other end that we know `authkey`; raise
+    AuthenticationError if it rejects the proof."""
+    if not isinstance(authkey, bytes):
+        raise ValueError('Authkey must be bytes, not %s' % type(authkey).__name__)
+    message = connection.recv_bytes(_MAX_REPLY)
+    if not message.startswith(CHALLENGE):
+        raise AuthenticationError('protocol error: expected a challenge, got %r'
+                                  % message[:40])
+    connection.send_bytes(_reply_for(authkey, message[len(CHALLENGE):]))
+    if connection.recv_bytes(_MAX_REPLY) != WELCOME:
+        raise AuthenticationError('digest sent was rejected')
+
+
+# 3.12+ spell these with a leading underscore.
+_CHALLENGE, _WELCOME, _FAILURE = CHALLENGE, WELCOME, FAILURE
+_MD5_DIGEST_LEN = 16
+_MD5ONLY_MESSAGE_LENGTH = MESSAGE_LENGTH
+
+
+# ------------------------------------------------------- xmlrpc wrappers
+
+class ConnectionWrapper:
+    """A Connection whose send()/recv() use the given dumps/loads."""
+
+    def __init__(self, conn, dumps, loads):
+        self._conn = conn
+        self._dumps = dumps
+        self._loads = loads
+        for attr in ('fileno', 'close', 'poll', 'recv_bytes', 'send_bytes'):
+            setattr(self, attr, getattr(conn, attr))
+
+    def send(self, obj):
+        self._conn.send_bytes(self._dumps(obj))
+
+    def recv(self):
+        return self._loads(self._conn.recv_bytes())
+
+
+def _xml_dumps(obj):
+    import xmlrpc.client
+    return xmlrpc.client.dumps((obj,), None, None, None, 1).encode('utf-8')
+
+
+def _xml_loads(s):
+    import xmlrpc.client
+    (obj,), method = xmlrpc.client.loads(s.decode('utf-8'))
+    return obj
+
+
+class XmlListener(Listener):
+    """A Listener whose connections carry xmlrpc-marshalled objects."""
+
+    def accept(self):
+        return ConnectionWrapper(Listener.accept(self), _xml_dumps, _xml_loads)
+
+
+def XmlClient(*args, **kwds):
+    """Client() whose connection carries xmlrpc-marshalled objects."""
+    return ConnectionWrapper(Client(*args, **kwds), _xml_dumps, _xml_loads)
