@@ -85,10 +85,15 @@ class Popen(popen_fork.Popen):
             if not _sentinel_ready(self.sentinel, timeout):
                 return None
             try:
-                self.returncode = forkserver.read_signed(self.sentinel)
+                code = forkserver.read_signed(self.sentinel)
             except (OSError, EOFError):
                 # The server died, and the child's exit code with it.
-                self.returncode = 255
+                code = 255
+            else:
+                # The server closes the socket right after the report: wait
+                # for that, so that the sentinel stays ready from now on.
+                _sentinel_ready(self.sentinel, 5.0)
+            self.returncode = code
         return self.returncode
 
     def _send_signal(self, sig):

@@ -127,6 +127,35 @@ def test_join_timeout_and_sentinel():
     assert select.select([p.sentinel], [], [], 10)[0] == [p.sentinel]
     p.join()
     assert p.exitcode == -signal.SIGTERM
+    # Ready for good once the process has ended, as with fork.
+    for _ in range(3):
+        assert select.select([p.sentinel], [], [], 0)[0] == [p.sentinel]
+
+
+def test_sentinels_of_joined_children_stay_ready():
+    from multiprocessing_c import connection
+    procs = [_start(exit_with, 0) for _ in range(10)]
+    for p in procs:
+        p.join()
+    sentinels = [p.sentinel for p in procs]
+    assert connection.wait(sentinels, 0) == sentinels
+
+
+def echo_upper(conn):
+    conn.send(conn.recv().upper())
+    conn.close()
+
+
+def test_connection_passed_to_child():
+    a, b = multiprocessing_c.Pipe()
+    p = _start(echo_upper, b)
+    b.close()
+    a.send('hello')
+    assert a.poll(10)
+    assert a.recv() == 'HELLO'
+    a.close()
+    p.join()
+    assert p.exitcode == 0
 
 
 def test_many_children_at_once():
