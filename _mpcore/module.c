@@ -24,6 +24,10 @@ mpcore_exec(PyObject *module)
         return -1;
     if (mp_fdpass_init(module, st) < 0)
         return -1;
+    if (mp_heap_init(module, st) < 0)
+        return -1;
+    if (mp_shm_init(module, st) < 0)
+        return -1;
     if (mp_forkserver_init(module, st) < 0)
         return -1;
     return 0;
@@ -36,6 +40,8 @@ mpcore_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->SemLockType);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->ArenaType);
+    Py_VISIT(st->BlockType);
+    Py_VISIT(st->HeapType);
     return 0;
 }
 
@@ -46,6 +52,8 @@ mpcore_clear(PyObject *module)
     Py_CLEAR(st->SemLockType);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->ArenaType);
+    Py_CLEAR(st->BlockType);
+    Py_CLEAR(st->HeapType);
     return 0;
 }
 

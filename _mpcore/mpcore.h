@@ -20,6 +20,8 @@ typedef struct {
     PyTypeObject *SemLockType;      /* semaphore.c */
     PyTypeObject *ConnectionType;   /* connection.c */
     PyTypeObject *ArenaType;        /* heap.c */
+    PyTypeObject *BlockType;        /* heap.c */
+    PyTypeObject *HeapType;         /* heap.c */
 } mp_state;
 
 extern PyModuleDef mp_module_def;
@@ -111,6 +113,8 @@ int mp_spawn_init(PyObject *module, mp_state *st);
 int mp_connection_init(PyObject *module, mp_state *st);
 int mp_wait_init(PyObject *module, mp_state *st);
 int mp_fdpass_init(PyObject *module, mp_state *st);
+int mp_heap_init(PyObject *module, mp_state *st);
+int mp_shm_init(PyObject *module, mp_state *st);
 int mp_forkserver_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */

@@ -51,7 +51,13 @@ class Popen(popen_fork.Popen):
             f.write(payload)
 
     def _child_kwargs(self, data_r):
-        return {'pipe_handle': data_r, 'parent_pid': os.getpid()}
+        # The child shares this program's resource tracker: it gets the
+        # tracker's pipe under the same fd number (spawn_main installs it).
+        from . import resource_tracker
+        tracker_fd = resource_tracker.getfd()
+        self._fds.append(tracker_fd)
+        return {'pipe_handle': data_r, 'parent_pid': os.getpid(),
+                'tracker_fd': tracker_fd}
 
 
 def _pickle_for_child(popen, prep_data, process_obj):

@@ -19,8 +19,6 @@ STDLIB_SUBMODULES = sorted(
 # must shrink: a test fails when one of them appears, so it is taken off.
 NOT_YET = {
     'synchronize': 'issue 6', 'queues': 'issue 6',
-    'heap': 'issue 7', 'sharedctypes': 'issue 7',
-    'shared_memory': 'issue 7', 'resource_tracker': 'issue 7',
     'managers': 'issue 9',
     'pool': 'issue 10', 'dummy': 'issue 10',
 }

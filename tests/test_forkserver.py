@@ -475,5 +475,6 @@ def test_child_inherits_no_stray_fds(tmp_path):
     stray = int(r.stdout.split()[-1])
     fds = eval(out.read_text())
     assert stray not in fds
-    # stdio, the parent-liveness fd, and the fd the listing opens.
-    assert len(fds) <= 6, fds
+    # stdio, the parent-liveness fd, the resource tracker's fd, the output
+    # file and the fd the listing opens.
+    assert len(fds) <= 7, fds

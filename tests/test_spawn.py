@@ -90,9 +90,10 @@ def test_spawned_child_inherits_no_stray_fds(tmp_path):
     stray = int(r.stdout.split()[-1])
     fds = eval(out.read_text())
     assert stray not in fds
-    # stdio, the parent-liveness fd, the sentinel's write end, and the fd
-    # the listing itself opens: nothing beyond a handful.
-    assert len(fds) <= 7, fds
+    # stdio, the parent-liveness fd, the sentinel's write end, the resource
+    # tracker's pipe, and the fd the listing itself opens: nothing beyond a
+    # handful.
+    assert len(fds) <= 8, fds
 
 
 def test_spawn_main_refuses_outside_a_child():

@@ -1,0 +1,352 @@
+"""The resource tracker: one process per program that remembers the named
+semaphores and shared memory segments the program's processes created,
+and unlinks whatever is still registered when the program is over.
+
+Every process of the program (forked children inherit it, spawned children
+are handed it) writes one-line messages to the tracker's pipe:
+
+    REGISTER:<rtype>:<pid>:<name>      a process made the resource
+    UNREGISTER:<rtype>:<pid>:<name>    a process unlinked it / stops tracking
+    PROBE:noop:<pid>:                  is the tracker still there?
+
+Each line is at most PIPE_BUF bytes, so writes from many processes never
+interleave.  The tracker counts registrations per process.  When the last
+write end closes (every process of the program is gone, however it ended),
+each resource still registered is unlinked with a warning naming it and
+the processes that leaked it -- unless a process that registered it is
+still alive (one that closed its copy of the pipe but runs on), in which
+case the resource is left alone.
+"""
+
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+
+from . import _mpcore
+
+__all__ = ['ensure_running', 'register', 'unregister']
+
+_HAVE_SIGMASK = hasattr(signal, 'pthread_sigmask')
+_IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Messages must fit one atomic pipe write.
+_MAX_MSG = 512
+
+
+def _sem_unlink(name):
+    unlink = getattr(_mpcore, 'sem_unlink', None)
+    if unlink is not None:
+        return unlink(name)
+    # glibc keeps named semaphores as /dev/shm/sem.<name without '/'>.
+    os.unlink('/dev/shm/sem.' + name.lstrip('/'))
+
+
+def _sem_exists(name):
+    return os.path.exists('/dev/shm/sem.' + name.lstrip('/'))
+
+
+def _shm_exists(name):
+    return os.path.exists('/dev/shm/' + name.lstrip('/'))
+
+
+_CLEANUP_FUNCS = {
+    'noop': lambda name: None,
+    'semaphore': _sem_unlink,
+    'shared_memory': _mpcore.shm_unlink,
+}
+
+_EXISTS_FUNCS = {
+    'noop': lambda name: False,
+    'semaphore': _sem_exists,
+    'shared_memory': _shm_exists,
+}
+
+
+def _spawn_ignoring_signals(spawnv_passfds, exe, args, fd):
+    """Start the tracker with SIGINT and SIGTERM ignored from its first
+    instruction: an ignored disposition survives exec (the signal mask does
+    not, spawnv_passfds clears it), so ^C in a terminal or a kill of the
+    process group cannot hit the tracker before main() runs.  Only the main
+    thread may change handlers; elsewhere the tracker is started plainly."""
+    if threading.current_thread() is not threading.main_thread():
+        return spawnv_passfds(exe, args, [fd])
+    # Blocked while ignored: a signal meant for us stays pending instead of
+    # being dropped, and is delivered once our handlers are back.
+    if _HAVE_SIGMASK:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _IGNORED_SIGNALS)
+    saved = {}
+    try:
+        for signum in _IGNORED_SIGNALS:
+            saved[signum] = signal.signal(signum, signal.SIG_IGN)
+        return spawnv_passfds(exe, args, [fd])
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        if _HAVE_SIGMASK:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED_SIGNALS)
+
+
+class ReentrantCallError(RuntimeError):
+    pass
+
+
+class ResourceTracker(object):
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._fd = None
+        self._pid = None
+
+    def _reentrant_call_error(self):
+        # A signal handler or a finalizer run from inside a tracker call.
+        raise ReentrantCallError(
+            'Reentrant call into the multiprocessing resource tracker')
+
+    def _stop(self):
+        with self._lock:
+            if self._fd is None:
+                return
+            os.close(self._fd)
+            self._fd = None
+            if self._pid is not None:
+                try:
+                    os.waitpid(self._pid, 0)
+                except ChildProcessError:
+                    pass
+                self._pid = None
+
+    def getfd(self):
+        self.ensure_running()
+        return self._fd
+
+    def ensure_running(self):
+        """Make sure the tracker process runs; start it (again) if not.
+
+        A process forked from a program with a tracker, or spawned by one,
+        shares that tracker instead of starting its own."""
+        with self._lock:
+            if self._fd is not None:
+                if self._check_alive():
+                    return
+                # The tracker died: what it knew is lost.
+                os.close(self._fd)
+                if self._pid is not None:
+                    try:
+                        os.waitpid(self._pid, 0)
+                    except ChildProcessError:
+                        pass
+                self._fd = None
+                self._pid = None
+                warnings.warn('resource_tracker: process died unexpectedly, '
+                              'relaunching.  Some resources might leak.')
+            self._launch()
+
+    def _launch(self):
+        from . import spawn, util
+        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(
+            __file__)))
+        r, w = os.pipe()
+        try:
+            prog = ('import sys; sys.path.insert(0, %r); '
+                    'from %s.resource_tracker import main; main(%d)'
+                    % (package_dir, __package__, r))
+            exe = spawn.get_executable()
+            args = [exe] + util._args_from_interpreter_flags() + ['-c', prog]
+            pid = _spawn_ignoring_signals(util.spawnv_passfds, exe, args, r)
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        self._fd = w
+        self._pid = pid
+
+    def _check_alive(self):
+        """Whether the tracker still reads its pipe."""
+        try:
+            os.write(self._fd, b'PROBE:noop:0:\n')
+        except OSError:
+            return False
+        return True
+
+    def register(self, name, rtype):
+        """Register `name` of type `rtype` for cleanup at the end."""
+        self._send('REGISTER', name, rtype)
+
+    def unregister(self, name, rtype):
+        """Tell the tracker `name` was unlinked (or needs no cleanup)."""
+        self._send('UNREGISTER', name, rtype)
+
+    def _send(self, cmd, name, rtype):
+        if rtype not in _CLEANUP_FUNCS:
+            raise ValueError('unknown resource type %r' % (rtype,))
+        if '\n' in name or '\0' in name:
+            raise ValueError('resource name %r contains a newline or NUL'
+                             % (name,))
+        msg = ('%s:%s:%d:%s\n' % (cmd, rtype, os.getpid(), name)).encode(
+            'utf-8', 'surrogateescape')
+        if len(msg) > _MAX_MSG:
+            raise ValueError('msg too long: a resource name must keep the '
+                             'message under %d bytes' % _MAX_MSG)
+        if self._lock._is_owned():
+            self._reentrant_call_error()
+        self.ensure_running()
+        nbytes = os.write(self._fd, msg)
+        assert nbytes == len(msg), 'short write to the resource tracker'
+
+
+_resource_tracker = ResourceTracker()
+
+
+def _after_fork_in_child():
+    # Another thread may have held the lock at fork(): never inherit that.
+    _resource_tracker._lock = threading.RLock()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+ensure_running = _resource_tracker.ensure_running
+register = _resource_tracker.register
+unregister = _resource_tracker.unregister
+getfd = _resource_tracker.getfd
+
+
+# ---------------------------------------------------------------------------
+# The tracker process
+
+
+def _proc_stat(pid):
+    """(state, start time) of `pid` from /proc, or None if it is gone."""
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name: state is the first,
+    # the start time (in clock ticks since boot) the 20th.
+    fields = stat[stat.rfind(b')') + 2:].split()
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid, started=None):
+    """Whether `pid` runs (a zombie or a missing process does not), and is
+    the process that started at `started` (pids get reused)."""
+    st = _proc_stat(pid)
+    if st is None or st[0] in (b'Z', b'X'):
+        return False
+    return started is None or st[1] == started
+
+
+def _still_running(pids, started, grace=1.0):
+    """The pids that still run after waiting up to `grace` seconds (a
+    process that just closed the pipe may be in the middle of exiting)."""
+    deadline = time.monotonic() + grace
+    alive = {p for p in pids if p > 0 and p != os.getpid()
+             and _pid_alive(p, started.get(p))}
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+        alive = {p for p in alive if _pid_alive(p, started.get(p))}
+    return alive
+
+
+def _handle(registry, started, line):
+    cmd, rtype, pid, name = line.decode('utf-8', 'surrogateescape').rstrip(
+        '\n').split(':', 3)
+    pid = int(pid)
+    if rtype not in _CLEANUP_FUNCS:
+        raise ValueError('unknown resource type %r' % rtype)
+    users = registry[rtype]
+    if cmd == 'PROBE':
+        return
+    if cmd == 'REGISTER':
+        # The sender is alive as it registers (unless it already exited):
+        # note which process holds the pid now.
+        st = _proc_stat(pid)
+        if st is not None:
+            started[pid] = st[1]
+        else:
+            started.setdefault(pid, None)
+        counts = users.setdefault(name, {})
+        counts[pid] = counts.get(pid, 0) + 1
+    elif cmd == 'UNREGISTER':
+        counts = users.get(name)
+        if counts is None:
+            return
+        if pid in counts:
+            counts[pid] -= 1
+            if counts[pid] <= 0:
+                del counts[pid]
+        # Unlinked (the usual reason to unregister): nobody holds it any
+        # more.  Otherwise the other registrants keep it tracked.
+        if not counts or not _EXISTS_FUNCS[rtype](name):
+            del users[name]
+    else:
+        raise RuntimeError('unrecognized command %r' % cmd)
+
+
+def _warn(msg):
+    # The tracker's warnings are its report: printed whatever -W says.
+    with warnings.catch_warnings():
+        warnings.simplefilter('always')
+        warnings.warn(msg, UserWarning, stacklevel=2)
+
+
+def _cleanup(registry, started):
+    for rtype, users in registry.items():
+        if not users:
+            continue
+        live = _still_running({p for c in users.values() for p in c}, started)
+        leaked = {name: counts for name, counts in users.items()
+                  if not live.intersection(counts)}
+        for name in sorted(set(users) - set(leaked)):
+            _warn('resource_tracker: not unlinking %s %r: process %s '
+                  'that registered it is still running'
+                  % (rtype, name, sorted(live & set(users[name]))))
+        if not leaked:
+            continue
+        _warn(
+            'resource_tracker: There appear to be %d leaked %s objects to '
+            'clean up at shutdown: %s' % (
+                len(leaked), rtype,
+                ', '.join('%r (pid %s)' % (n, ', '.join(map(str, sorted(c))))
+                          for n, c in sorted(leaked.items()))))
+        for name in sorted(leaked):
+            try:
+                _CLEANUP_FUNCS[rtype](name)
+            except Exception as e:
+                _warn('resource_tracker: %r: %s' % (name, e))
+
+
+def main(fd):
+    """Run the tracker on the read end `fd` of its pipe until EOF."""
+    # Ctrl-C and kill of the process group are for the program, not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _HAVE_SIGMASK:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED_SIGNALS)
+    for stream in (sys.stdin, sys.stdout):
+        try:
+            stream.close()
+        except Exception:
+            pass
+
+    registry = {rtype: {} for rtype in _CLEANUP_FUNCS}
+    started = {}    # pid -> start time, read when it first registers
+    try:
+        with open(fd, 'rb') as f:
+            for line in f:
+                try:
+                    _handle(registry, started, line)
+                except Exception:
+                    try:
+                        sys.excepthook(*sys.exc_info())
+                    except BaseException:
+                        pass
+    finally:
+        _cleanup(registry, started)
