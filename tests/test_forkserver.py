@@ -478,3 +478,95 @@ def test_child_inherits_no_stray_fds(tmp_path):
     # stdio, the parent-liveness fd, the resource tracker's fd, the output
     # file and the fd the listing opens.
     assert len(fds) <= 7, fds
+
+
+def run_subprocess_and_exit():
+    # A child must have SIGCHLD back at its default (the server handles
+    # it), or waiting for its own subprocesses would fail.
+    import subprocess
+    r = subprocess.run([sys.executable, '-c', 'import sys; sys.exit(4)'])
+    sys.exit(10 + r.returncode)
+
+
+def test_child_can_wait_for_its_own_subprocesses():
+    p = _start(run_subprocess_and_exit)
+    p.join(30)
+    assert p.exitcode == 14
+
+
+def raise_keyboard_interrupt_on_sigint(path):
+    try:
+        with open(path, 'w') as f:
+            f.write('ready')
+        time.sleep(30)
+    except KeyboardInterrupt:
+        sys.exit(21)
+
+
+def test_child_gets_keyboard_interrupt_back(tmp_path):
+    # The server ignores SIGINT; its children must not.
+    path = str(tmp_path / 'ready')
+    p = _start(raise_keyboard_interrupt_on_sigint, path)
+    assert _wait_until(lambda: os.path.exists(path))
+    os.kill(p.pid, signal.SIGINT)
+    p.join(10)
+    assert p.exitcode == 21
+
+
+def test_starts_from_many_threads_at_once():
+    import threading
+    results = []
+
+    def worker(k):
+        procs = [_start(exit_with, k) for _ in range(5)]
+        for p in procs:
+            p.join(30)
+            results.append((k, p.exitcode))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == sorted((k, k) for k in range(4) for _ in range(5))
+
+
+def test_forked_child_starts_its_own_server(tmp_path):
+    script = write_script(tmp_path / 'forked.py', '''
+        import os, sys, multiprocessing_c as mp
+        from multiprocessing_c.forkserver import _forkserver
+        def f():
+            sys.exit(3)
+        def via_fork(parent_server):
+            p = mp.get_context('forkserver').Process(target=f)
+            p.start(); p.join()
+            mine = _forkserver._forkserver_pid
+            sys.exit(0 if p.exitcode == 3 and mine not in (None, parent_server)
+                     else 1)
+        if __name__ == '__main__':
+            p = mp.get_context('forkserver').Process(target=f)
+            p.start(); p.join()
+            q = mp.get_context('fork').Process(target=via_fork,
+                                               args=(_forkserver._forkserver_pid,))
+            q.start(); q.join()
+            print('exitcodes', p.exitcode, q.exitcode)
+    ''')
+    r = run_python([script])
+    assert 'exitcodes 3 0' in r.stdout, r.stderr
+
+
+def test_start_and_join_survive_signal_storms():
+    # SIGALRM every millisecond while starting and joining: the blocking
+    # calls on our side are retried, none fails with EINTR.
+    hits = []
+    old = signal.signal(signal.SIGALRM, lambda *a: hits.append(1))
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    try:
+        procs = [_start(sleep_for, 0.05) for _ in range(10)]
+        for p in procs:
+            p.join()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert [p.exitcode for p in procs] == [0] * 10
+    assert hits
