@@ -260,6 +260,7 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None,
         token = _read_exactly(alive_r, _TOKEN_LEN)
     except EOFError:
         return      # the parent went away before we started
+    _preload_package()
     if preload:
         _preload(preload, main_path, sys_path, main_name)
     util._close_stdin()
@@ -272,6 +273,22 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None,
         os.close(alive_r)
         return
     _run_child(fds)
+
+
+# Parts of this package that children use to unpickle what they are given
+# (Connections, locks, queues, shared memory) or to exit: imported once
+# here instead of in every child.
+_PACKAGE_PRELOAD = ('reduction', 'connection', 'resource_tracker',
+                    'synchronize', 'queues', 'heap', 'sharedctypes')
+
+
+def _preload_package():
+    import importlib
+    import importlib.util
+    for name in _PACKAGE_PRELOAD:
+        fullname = __package__ + '.' + name
+        if importlib.util.find_spec(fullname) is not None:
+            importlib.import_module(fullname)
 
 
 def _preload(preload, main_path, sys_path, main_name):
