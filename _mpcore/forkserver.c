@@ -65,7 +65,7 @@ typedef struct {
     int npending;
     fs_child *children;
     size_t nchildren, cap;
-    struct pollfd pfds[3 + FS_MAX_PENDING];
+    struct pollfd *pfds;            /* 3 + FS_MAX_PENDING entries */
     struct sigaction old_chld;
     int handler_set;
 } fs_server;
@@ -367,6 +367,8 @@ server_release(fs_server *s)
     free(s->children);
     s->children = NULL;
     s->nchildren = s->cap = 0;
+    free(s->pfds);
+    s->pfds = NULL;
     if (s->sig_r >= 0)
         close(s->sig_r);
     if (s->sig_w >= 0)
@@ -480,6 +482,13 @@ forkserver_serve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     s->sig_r = s->sig_w = -1;
 
     PyObject *result = NULL;
+    /* On the heap rather than in fs_server: GCC's poll() access check
+     * misreads an array member of a struct as its first field. */
+    s->pfds = malloc(sizeof(struct pollfd) * (3 + FS_MAX_PENDING));
+    if (s->pfds == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0) {
         mp_set_oserror(errno);
