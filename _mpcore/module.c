@@ -28,6 +28,10 @@ mpcore_exec(PyObject *module)
         return -1;
     if (mp_shm_init(module, st) < 0)
         return -1;
+    if (mp_semaphore_init(module, st) < 0)
+        return -1;
+    if (mp_queue_init(module, st) < 0)
+        return -1;
     if (mp_forkserver_init(module, st) < 0)
         return -1;
     return 0;

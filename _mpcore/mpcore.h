@@ -108,6 +108,20 @@ int mp_deadline_remaining_ms(int64_t deadline);
 /* The absolute CLOCK_MONOTONIC timespec of a finite deadline. */
 void mp_deadline_timespec(int64_t deadline, struct timespec *ts);
 
+/* ---- semaphore.c: SemLock internals for other concept files ----
+ * For non-recursive SemLocks only; all three need the GIL. */
+
+/* 0 if `obj` is a non-recursive SemLock of this module, else -1 with
+ * TypeError/ValueError set. */
+int mp_semlock_check(PyObject *obj, mp_state *st);
+
+/* Acquire by `deadline` (MP_FOREVER: no limit), the GIL released while
+ * blocked.  1 acquired, 0 timed out, -1 with an exception set. */
+int mp_semlock_acquire_until(PyObject *obj, int64_t deadline);
+
+/* release(): 0, or -1 with an exception set. */
+int mp_semlock_release(PyObject *obj);
+
 /* ---- one init per concept, called in order by module.c ---- */
 int mp_spawn_init(PyObject *module, mp_state *st);
 int mp_connection_init(PyObject *module, mp_state *st);
@@ -115,6 +129,8 @@ int mp_wait_init(PyObject *module, mp_state *st);
 int mp_fdpass_init(PyObject *module, mp_state *st);
 int mp_heap_init(PyObject *module, mp_state *st);
 int mp_shm_init(PyObject *module, mp_state *st);
+int mp_semaphore_init(PyObject *module, mp_state *st);
+int mp_queue_init(PyObject *module, mp_state *st);
 int mp_forkserver_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */

@@ -451,8 +451,10 @@ def test_daemon_children_terminated_and_others_joined_at_exit(ctx, tmp_path):
     script = write_script(tmp_path / 'exit.py', '''
         import os, sys, time, multiprocessing_c as mp
         def daemon_child(path):
-            with open(path, 'w') as f:
+            # Atomically: the parent exits as soon as the file exists.
+            with open(path + '.tmp', 'w') as f:
                 f.write(str(os.getpid()))
+            os.replace(path + '.tmp', path)
             time.sleep(60)
         def normal_child(path):
             time.sleep(0.5)

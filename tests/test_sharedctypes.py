@@ -326,12 +326,14 @@ def test_big_array_in_child(ctx):
 
 @needs_synchronize
 def test_synchronized_in_child(ctx):
-    x = Value('i', 7)
-    arr = Array('d', list(range(10)))
-    foo = Value(Point, 3, 2)
-    string = Array('c', 20)
+    # Locks come from the children's context (a fork-context SemLock may
+    # not go to a spawned child).
+    x = ctx.Value('i', 7)
+    arr = ctx.Array('d', list(range(10)))
+    foo = ctx.Value(Point, 3, 2)
+    string = ctx.Array('c', 20)
     string.value = b'hello'
-    y = Value('d', 0.5)
+    y = ctx.Value('d', 0.5)
     run(ctx, double_all, x, y, foo, arr, string)
     assert x.value == 14 and y.value == 1.0
     assert foo.x == 6
@@ -341,7 +343,7 @@ def test_synchronized_in_child(ctx):
 
 @needs_synchronize
 def test_counter_under_lock(ctx):
-    counter = Value('i', 0)
+    counter = ctx.Value('i', 0)
     procs = [ctx.Process(target=increment, args=(counter, 500))
              for _ in range(4)]
     for p in procs:

@@ -1,30 +1,42 @@
-"""Run CPython's multiprocessing suite for one start method and write each
-test's outcome to JSON.
+"""Run CPython's multiprocessing suite for one start method, streaming each
+test's outcome as a JSON line.
 
-    python suite_child.py METHOD OUT.json [--list]
+    python suite_child.py METHOD WORKDIR            run, skipping WORKDIR/skip.txt
+    python suite_child.py METHOD WORKDIR --list     write WORKDIR/tests.json
+
+Progress goes to WORKDIR/progress.jsonl: {"start": id} before a test,
+{"id": id, "outcome": ..., "detail": ...} after it, {"done": true} at the
+end; the parent uses it to tell a hung or crashed test and resume after it.
 
 The suite's test classes must live in an importable module, because
 spawned children unpickle test methods by module name: this script writes
-`_mpc_suite_<method>.py` next to OUT.json and puts that directory first on
-sys.path (the parent passes it on to every child).
+`_mpc_suite_<method>.py` into WORKDIR and puts WORKDIR first on sys.path
+(the parent passes it on to every child).
 """
+import importlib
 import json
 import os
 import sys
-import time
 import traceback
 import unittest
 
 
-class Recorder(unittest.TextTestResult):
-    """Keeps every test's outcome and, for failures, the traceback."""
+class Streamer(unittest.TextTestResult):
+    """Writes each outcome to the progress file as soon as it is known."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.outcomes = {}
+    progress = None
+
+    def _emit(self, record):
+        self.progress.write(json.dumps(record) + '\n')
+        self.progress.flush()
 
     def _put(self, test, outcome, detail=''):
-        self.outcomes[test.id().split('.', 1)[1]] = [outcome, detail[-3000:]]
+        self._emit({'id': short_id(test), 'outcome': outcome,
+                    'detail': detail[-3000:]})
+
+    def startTest(self, test):
+        self._emit({'start': short_id(test)})
+        super().startTest(test)
 
     def addSuccess(self, test):
         super().addSuccess(test)
@@ -36,7 +48,7 @@ class Recorder(unittest.TextTestResult):
 
     def addError(self, test, err):
         super().addError(test, err)
-        # setUpClass errors arrive with a pseudo-test id: keep them too.
+        # setUpClass/setUpModule errors arrive with a pseudo-test id.
         self._put(test, 'error', self._exc_info_to_string(err, test))
 
     def addSkip(self, test, reason):
@@ -52,42 +64,55 @@ class Recorder(unittest.TextTestResult):
         self._put(test, 'fail', 'unexpected success')
 
 
+def short_id(test):
+    return test.id().split('.', 1)[1]
+
+
+def flatten(suite):
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            yield from flatten(item)
+        else:
+            yield item
+
+
 def load(method, workdir):
     modname = '_mpc_suite_' + method
     with open(os.path.join(workdir, modname + '.py'), 'w') as f:
         f.write('import test._test_multiprocessing as _suite\n'
                 '_suite.install_tests_in_module_dict(globals(), %r)\n' % method)
     sys.path.insert(0, workdir)
-    import importlib
-    return unittest.TestLoader().loadTestsFromModule(importlib.import_module(modname))
-
-
-def test_ids(suite):
-    for item in suite:
-        if isinstance(item, unittest.TestSuite):
-            yield from test_ids(item)
-        else:
-            yield item.id().split('.', 1)[1]
+    module = importlib.import_module(modname)
+    return list(flatten(unittest.TestLoader().loadTestsFromModule(module)))
 
 
 def main():
-    method, out = sys.argv[1], sys.argv[2]
-    workdir = os.path.dirname(os.path.abspath(out))
-    result = {'method': method, 'status': 'ran', 'outcomes': {}}
-    t0 = time.time()
-    try:
-        suite = load(method, workdir)
-        if '--list' in sys.argv:
-            result['tests'] = sorted(test_ids(suite))
-        else:
-            runner = unittest.TextTestRunner(resultclass=Recorder,
-                                             stream=sys.stderr, verbosity=2)
-            result['outcomes'] = runner.run(suite).outcomes
-    except BaseException:
-        result['status'] = 'could not run: ' + traceback.format_exc()[-3000:]
-    result['seconds'] = round(time.time() - t0, 1)
-    with open(out, 'w') as f:
-        json.dump(result, f, indent=0, sort_keys=True)
+    method, workdir = sys.argv[1], os.path.abspath(sys.argv[2])
+    if '--list' in sys.argv:
+        result = {'status': 'ran'}
+        try:
+            result['tests'] = sorted(short_id(t) for t in load(method, workdir))
+        except BaseException:
+            result['status'] = 'could not load: ' + traceback.format_exc()[-3000:]
+        with open(os.path.join(workdir, 'tests.json'), 'w') as f:
+            json.dump(result, f)
+        return
+    skip = set()
+    skip_file = os.path.join(workdir, 'skip.txt')
+    if os.path.exists(skip_file):
+        with open(skip_file) as f:
+            skip = set(f.read().split())
+    with open(os.path.join(workdir, 'progress.jsonl'), 'a') as progress:
+        Streamer.progress = progress
+        try:
+            tests = [t for t in load(method, workdir) if short_id(t) not in skip]
+        except BaseException:
+            progress.write(json.dumps(
+                {'fatal': 'could not load: ' + traceback.format_exc()[-3000:]}) + '\n')
+            return
+        unittest.TextTestRunner(resultclass=Streamer, stream=sys.stderr,
+                                verbosity=2).run(unittest.TestSuite(tests))
+        progress.write(json.dumps({'done': True}) + '\n')
 
 
 if __name__ == '__main__':   # spawned children re-import this file

@@ -1,0 +1,779 @@
+/* SemLock: a POSIX named semaphore shared between processes, the one
+ * primitive under every lock, semaphore, condition, event and barrier of
+ * multiprocessing_c.synchronize and the size counters of the queues.
+ *
+ * Kinds: RECURSIVE_MUTEX (0) counts re-entries by its owning thread and
+ * may only be released by that thread; SEMAPHORE (1) is a plain counting
+ * semaphore (a Lock is a SEMAPHORE with maxvalue 1) that any thread or
+ * process may release, as the stdlib allows.
+ *
+ * Design note (DESIGN.md, "a worker killed while holding a shared lock"):
+ * a POSIX semaphore has no owner the kernel knows of, so a process that
+ * dies holding one leaves it taken forever.  We keep semaphores anyway:
+ * the stdlib's contract lets a Lock be released by another thread or
+ * process, which a robust pthread mutex (EOWNERDEAD) cannot express, and
+ * Condition/Event/Barrier are built on that freedom.  The remedy lives at
+ * the design level instead: pool dispatch must not share a lock a worker
+ * can die holding (the parent hands each worker its tasks over its own
+ * channel), and queue writers hold the write lock only across a single
+ * write of an already pickled frame.
+ *
+ * Ownership of a recursive lock is per (process, thread): the count lives
+ * in this process's memory, and a fork generation counter (bumped by a
+ * pthread_atfork child handler) makes a forked child forget what its
+ * parent held even before the Python-level _after_fork hook runs.
+ */
+#include "mpcore.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <sys/stat.h>
+
+#ifndef SEM_VALUE_MAX
+#define SEM_VALUE_MAX INT_MAX
+#endif
+
+/* sem_clockwait(CLOCK_MONOTONIC) arrived in glibc 2.30. */
+#if defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 30))
+#define MP_HAVE_SEM_CLOCKWAIT 1
+#endif
+
+enum { RECURSIVE_MUTEX = 0, SEMAPHORE = 1 };
+
+typedef struct {
+    PyObject_HEAD
+    sem_t *handle;
+    int kind;
+    int maxvalue;
+    int count;                  /* acquires minus releases in this process */
+    unsigned long last_tid;     /* thread that last acquired */
+    unsigned long fork_gen;     /* fork generation at that acquire */
+    PyObject *name;             /* str, or None once unlinked */
+} SemLockObject;
+
+#define SemLock_CAST(op) ((SemLockObject *)(op))
+
+/* Bumped in every forked child: ownership recorded before the fork is
+ * void after it.  Only written by the atfork handler (single-threaded
+ * child) and read with the GIL held. */
+static volatile unsigned long fork_generation = 0;
+static int atfork_registered = 0;
+
+static void
+semlock_atfork_child(void)
+{
+    fork_generation++;
+}
+
+/* True if the calling thread of this process holds the lock. */
+static inline int
+semlock_ismine(SemLockObject *self)
+{
+    return self->count > 0 && self->fork_gen == fork_generation &&
+           self->last_tid == PyThread_get_thread_ident();
+}
+
+static inline void
+semlock_note_acquired(SemLockObject *self)
+{
+    if (self->fork_gen != fork_generation) {
+        self->fork_gen = fork_generation;
+        self->count = 0;
+    }
+    self->count++;
+    self->last_tid = PyThread_get_thread_ident();
+}
+
+/* Waits on the semaphore until `deadline` (MP_FOREVER: no limit).
+ * Called with the GIL held; releases it while blocked.  Returns 1 when
+ * acquired, 0 on timeout, -1 with an exception set (OSError, or whatever
+ * a signal handler raised). */
+static int
+semlock_wait(sem_t *handle, int64_t deadline)
+{
+    int res, err;
+    for (;;) {
+        if (deadline == MP_FOREVER) {
+            Py_BEGIN_ALLOW_THREADS
+            res = sem_wait(handle);
+            err = errno;
+            Py_END_ALLOW_THREADS
+        }
+        else {
+            struct timespec ts;
+#ifdef MP_HAVE_SEM_CLOCKWAIT
+            /* An absolute monotonic deadline: EINTR retries don't drift. */
+            mp_deadline_timespec(deadline, &ts);
+            Py_BEGIN_ALLOW_THREADS
+            res = sem_clockwait(handle, CLOCK_MONOTONIC, &ts);
+            err = errno;
+            Py_END_ALLOW_THREADS
+#else
+            /* sem_timedwait wants CLOCK_REALTIME: re-derive the wall-clock
+             * deadline from the monotonic one on every retry. */
+            int64_t left = deadline - mp_now_ns();
+            if (left < 0)
+                left = 0;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            int64_t abs_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec + left;
+            ts.tv_sec = (time_t)(abs_ns / 1000000000LL);
+            ts.tv_nsec = (long)(abs_ns % 1000000000LL);
+            Py_BEGIN_ALLOW_THREADS
+            res = sem_timedwait(handle, &ts);
+            err = errno;
+            Py_END_ALLOW_THREADS
+#endif
+        }
+        if (res == 0)
+            return 1;
+        if (err == EINTR) {
+            /* Ctrl-C (or any raising handler) ends the wait. */
+            if (PyErr_CheckSignals() < 0)
+                return -1;
+            continue;
+        }
+        if (err == ETIMEDOUT)
+            return 0;
+        mp_set_oserror(err);
+        return -1;
+    }
+}
+
+static PyObject *semlock_release(PyObject *op, PyObject *Py_UNUSED(ignored));
+
+/* ---- internal API for other concept files (declared in mpcore.h) ----
+ * Plain SEMAPHORE-kind locks only (the queues' read/write locks and size
+ * counters); they keep this process's acquire count like acquire() and
+ * release() do. */
+
+int
+mp_semlock_check(PyObject *obj, mp_state *st)
+{
+    if (!PyObject_TypeCheck(obj, st->SemLockType)) {
+        PyErr_Format(PyExc_TypeError, "expected a SemLock, not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (SemLock_CAST(obj)->kind != SEMAPHORE) {
+        PyErr_SetString(PyExc_ValueError, "expected a non-recursive SemLock");
+        return -1;
+    }
+    return 0;
+}
+
+int
+mp_semlock_acquire_until(PyObject *obj, int64_t deadline)
+{
+    SemLockObject *self = SemLock_CAST(obj);
+    int res, err;
+    do {
+        res = sem_trywait(self->handle);
+        err = errno;
+    } while (res < 0 && err == EINTR && PyErr_CheckSignals() == 0);
+    if (res < 0) {
+        if (err == EINTR)
+            return -1;
+        if (err != EAGAIN) {
+            mp_set_oserror(err);
+            return -1;
+        }
+        if (deadline != MP_FOREVER && deadline <= mp_now_ns())
+            return 0;
+        res = semlock_wait(self->handle, deadline);
+        if (res <= 0)
+            return res;
+    }
+    semlock_note_acquired(self);
+    return 1;
+}
+
+int
+mp_semlock_release(PyObject *obj)
+{
+    PyObject *r = semlock_release(obj, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+PyDoc_STRVAR(semlock_acquire__doc__,
+"acquire($self, /, block=True, timeout=None)\n--\n\n"
+"Acquire the semaphore/lock.  With block false, or once `timeout` seconds\n"
+"have passed, give up and return False.  Returns True when acquired.");
+
+/* Parses acquire()'s (block=True, timeout=None) from a vectorcall.
+ * METH_FASTCALL keeps the uncontended acquire as cheap as a C call can
+ * be.  Returns 0, or -1 with TypeError set. */
+static int
+semlock_parse_acquire(PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames, PyObject **py_block,
+                      PyObject **timeout)
+{
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "acquire() takes at most 2 arguments (%zd given)", nargs);
+        return -1;
+    }
+    if (nargs >= 1)
+        *py_block = args[0];
+    if (nargs == 2)
+        *timeout = args[1];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        PyObject **slot;
+        int pos;
+        if (PyUnicode_CompareWithASCIIString(key, "block") == 0) {
+            slot = py_block;
+            pos = 0;
+        }
+        else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
+            slot = timeout;
+            pos = 1;
+        }
+        else {
+            PyErr_Format(PyExc_TypeError,
+                         "acquire() got an unexpected keyword argument '%U'", key);
+            return -1;
+        }
+        if (nargs > pos) {
+            PyErr_Format(PyExc_TypeError,
+                         "acquire() got multiple values for argument '%U'", key);
+            return -1;
+        }
+        *slot = args[nargs + i];
+    }
+    return 0;
+}
+
+static PyObject *
+semlock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    SemLockObject *self = SemLock_CAST(op);
+    int block = 1;
+    PyObject *py_block = NULL, *timeout = Py_None;
+    int64_t deadline = MP_FOREVER;
+    int res, err;
+
+    if (nargs || kwnames) {
+        if (semlock_parse_acquire(args, nargs, kwnames, &py_block, &timeout) < 0)
+            return NULL;
+        if (py_block != NULL && (block = PyObject_IsTrue(py_block)) < 0)
+            return NULL;
+    }
+
+    if (self->kind == RECURSIVE_MUTEX && semlock_ismine(self)) {
+        self->count++;
+        Py_RETURN_TRUE;
+    }
+    /* The deadline starts now, before the fast path. */
+    if (block && timeout != Py_None &&
+        mp_deadline_from_timeout(timeout, &deadline) < 0)
+        return NULL;
+
+    /* Fast path with the GIL held: an uncontended acquire never blocks. */
+    do {
+        res = sem_trywait(self->handle);
+        err = errno;
+    } while (res < 0 && err == EINTR && PyErr_CheckSignals() == 0);
+    if (res < 0 && err == EINTR)
+        return NULL;                    /* a signal handler raised */
+    if (res < 0 && err != EAGAIN)
+        return mp_set_oserror(err);
+    if (res < 0) {
+        if (!block)
+            Py_RETURN_FALSE;
+        if (deadline != MP_FOREVER && deadline <= mp_now_ns())
+            Py_RETURN_FALSE;
+        res = semlock_wait(self->handle, deadline);
+        if (res < 0)
+            return NULL;
+        if (res == 0)
+            Py_RETURN_FALSE;
+    }
+    semlock_note_acquired(self);
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(semlock_release__doc__,
+"release($self, /)\n--\n\n"
+"Release the semaphore/lock.  Raises AssertionError for a recursive lock\n"
+"this thread does not hold, ValueError past a bounded maximum.");
+
+static PyObject *
+semlock_release(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    SemLockObject *self = SemLock_CAST(op);
+
+    if (self->kind == RECURSIVE_MUTEX) {
+        if (!semlock_ismine(self)) {
+            PyErr_SetString(PyExc_AssertionError,
+                            "attempt to release recursive lock not owned "
+                            "by thread");
+            return NULL;
+        }
+        if (self->count > 1) {
+            self->count--;
+            Py_RETURN_NONE;
+        }
+    }
+    else if (self->maxvalue < SEM_VALUE_MAX) {
+        /* Bounded: refuse to go past maxvalue.  (Two racing releasers can
+         * both pass this check; the stdlib has the same window.) */
+        int value;
+        if (sem_getvalue(self->handle, &value) < 0)
+            return mp_set_oserror(errno);
+        if (value >= self->maxvalue) {
+            PyErr_SetString(PyExc_ValueError,
+                            "semaphore or lock released too many times");
+            return NULL;
+        }
+    }
+    if (sem_post(self->handle) < 0) {
+        if (errno == EOVERFLOW) {
+            PyErr_SetString(PyExc_ValueError,
+                            "semaphore or lock released too many times");
+            return NULL;
+        }
+        return mp_set_oserror(errno);
+    }
+    if (self->fork_gen != fork_generation) {
+        self->fork_gen = fork_generation;
+        self->count = 0;
+    }
+    self->count--;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(semlock_enter__doc__,
+"__enter__($self, /)\n--\n\n"
+"Acquire the semaphore/lock, blocking.");
+
+static PyObject *
+semlock_enter(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return semlock_acquire(op, NULL, 0, NULL);
+}
+
+PyDoc_STRVAR(semlock_exit__doc__,
+"__exit__($self, exc_type=None, exc_value=None, exc_tb=None, /)\n--\n\n"
+"Release the semaphore/lock.");
+
+static PyObject *
+semlock_exit(PyObject *op, PyObject *args)
+{
+    PyObject *a = NULL, *b = NULL, *c = NULL;
+    if (!PyArg_UnpackTuple(args, "__exit__", 0, 3, &a, &b, &c))
+        return NULL;
+    return semlock_release(op, NULL);
+}
+
+PyDoc_STRVAR(semlock_count__doc__,
+"_count($self, /)\n--\n\n"
+"Number of acquire()s minus release()s by this process.");
+
+static PyObject *
+semlock_count(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    SemLockObject *self = SemLock_CAST(op);
+    return PyLong_FromLong(self->fork_gen == fork_generation ? self->count : 0);
+}
+
+PyDoc_STRVAR(semlock_is_mine__doc__,
+"_is_mine($self, /)\n--\n\n"
+"Whether this thread of this process holds the lock.");
+
+static PyObject *
+semlock_is_mine(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(semlock_ismine(SemLock_CAST(op)));
+}
+
+/* Returns 0 and the current value (never negative), or -1 with OSError. */
+static int
+semlock_value(SemLockObject *self, int *value)
+{
+    if (sem_getvalue(self->handle, value) < 0) {
+        mp_set_oserror(errno);
+        return -1;
+    }
+    /* POSIX lets an implementation report waiters as a negative value. */
+    if (*value < 0)
+        *value = 0;
+    return 0;
+}
+
+PyDoc_STRVAR(semlock_get_value__doc__,
+"_get_value($self, /)\n--\n\n"
+"The semaphore's current value.");
+
+static PyObject *
+semlock_get_value(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    int value;
+    if (semlock_value(SemLock_CAST(op), &value) < 0)
+        return NULL;
+    return PyLong_FromLong(value);
+}
+
+PyDoc_STRVAR(semlock_is_zero__doc__,
+"_is_zero($self, /)\n--\n\n"
+"Whether the semaphore's value is zero.");
+
+static PyObject *
+semlock_is_zero(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    int value;
+    if (semlock_value(SemLock_CAST(op), &value) < 0)
+        return NULL;
+    return PyBool_FromLong(value == 0);
+}
+
+PyDoc_STRVAR(semlock_after_fork__doc__,
+"_after_fork($self, /)\n--\n\n"
+"Forget this process's acquisitions (called in a forked child).");
+
+static PyObject *
+semlock_after_fork(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    SemLockObject *self = SemLock_CAST(op);
+    self->count = 0;
+    self->fork_gen = fork_generation;
+    Py_RETURN_NONE;
+}
+
+/* Opens (creating if `create`) the semaphore `name` with the GIL
+ * released.  Returns the handle, or SEM_FAILED with OSError set (naming
+ * the semaphore) or a signal handler's exception. */
+static sem_t *
+semlock_open(PyObject *py_name, const char *name, int create, unsigned int value)
+{
+    sem_t *handle;
+    int err;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        if (create)
+            handle = sem_open(name, O_CREAT | O_EXCL, S_IRUSR | S_IWUSR, value);
+        else
+            handle = sem_open(name, 0);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (handle != SEM_FAILED)
+            return handle;
+        if (err != EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return SEM_FAILED;
+    }
+    errno = err;
+    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, py_name);
+    return SEM_FAILED;
+}
+
+/* Wraps an open handle in a new object of `type`, taking ownership of
+ * the handle (closed on failure).  Returns a new reference or NULL. */
+static PyObject *
+semlock_wrap(PyTypeObject *type, sem_t *handle, int kind, int maxvalue,
+             PyObject *name)
+{
+    SemLockObject *self = (SemLockObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        sem_close(handle);
+        return NULL;
+    }
+    self->handle = handle;
+    self->kind = kind;
+    self->maxvalue = maxvalue;
+    self->count = 0;
+    self->last_tid = 0;
+    self->fork_gen = fork_generation;
+    Py_INCREF(name);
+    self->name = name;
+    return (PyObject *)self;
+}
+
+static int
+semlock_check_kind(int kind)
+{
+    if (kind != RECURSIVE_MUTEX && kind != SEMAPHORE) {
+        PyErr_SetString(PyExc_ValueError, "unrecognized kind");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+semlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"kind", "value", "maxvalue", "name", "unlink", NULL};
+    int kind, value, maxvalue, unlink;
+    PyObject *py_name;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiUp:SemLock", kwlist,
+                                     &kind, &value, &maxvalue, &py_name,
+                                     &unlink))
+        return NULL;
+    if (semlock_check_kind(kind) < 0)
+        return NULL;
+    if (value < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "semaphore initial value must be >= 0");
+        return NULL;
+    }
+    Py_ssize_t len;
+    const char *name = PyUnicode_AsUTF8AndSize(py_name, &len);
+    if (name == NULL)
+        return NULL;
+    if ((size_t)len != strlen(name)) {
+        PyErr_SetString(PyExc_ValueError, "embedded null character");
+        return NULL;
+    }
+    if (len == 0) {
+        PyErr_SetString(PyExc_ValueError, "semaphore name must not be empty");
+        return NULL;
+    }
+
+    sem_t *handle = semlock_open(py_name, name, 1, (unsigned int)value);
+    if (handle == SEM_FAILED)
+        return NULL;
+    if (unlink) {
+        /* Under fork the children inherit the mapping: the name is not
+         * needed by anyone, so nothing can be left in /dev/shm. */
+        if (sem_unlink(name) < 0) {
+            int err = errno;
+            sem_close(handle);
+            errno = err;
+            return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, py_name);
+        }
+        py_name = Py_None;
+    }
+    return semlock_wrap(type, handle, kind, maxvalue, py_name);
+}
+
+PyDoc_STRVAR(semlock_rebuild__doc__,
+"_rebuild($type, handle, kind, maxvalue, name, /)\n--\n\n"
+"Re-open the named semaphore `name` in this process (the unpickling side\n"
+"of process creation).  `handle` is the creator's and is not used.");
+
+static PyObject *
+semlock_rebuild(PyObject *cls, PyObject *args)
+{
+    PyObject *py_handle, *py_name;
+    int kind, maxvalue;
+
+    if (!PyArg_ParseTuple(args, "OiiO:_rebuild", &py_handle, &kind, &maxvalue,
+                          &py_name))
+        return NULL;
+    if (semlock_check_kind(kind) < 0)
+        return NULL;
+    if (py_name == Py_None) {
+        /* A handle is an address in the creator's memory; trusting it here
+         * could crash.  Unnamed semaphores travel only by fork. */
+        PyErr_SetString(PyExc_ValueError,
+                        "cannot rebuild an unnamed (already unlinked) "
+                        "semaphore; it can only be inherited through fork");
+        return NULL;
+    }
+    if (!PyUnicode_Check(py_name)) {
+        PyErr_Format(PyExc_TypeError, "name must be str or None, not %.100s",
+                     Py_TYPE(py_name)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len;
+    const char *name = PyUnicode_AsUTF8AndSize(py_name, &len);
+    if (name == NULL)
+        return NULL;
+    if ((size_t)len != strlen(name)) {
+        PyErr_SetString(PyExc_ValueError, "embedded null character");
+        return NULL;
+    }
+    sem_t *handle = semlock_open(py_name, name, 0, 0);
+    if (handle == SEM_FAILED)
+        return NULL;
+    return semlock_wrap((PyTypeObject *)cls, handle, kind, maxvalue, py_name);
+}
+
+static int
+semlock_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(SemLock_CAST(op)->name);
+    return 0;
+}
+
+static int
+semlock_clear(PyObject *op)
+{
+    Py_CLEAR(SemLock_CAST(op)->name);
+    return 0;
+}
+
+static void
+semlock_dealloc(PyObject *op)
+{
+    SemLockObject *self = SemLock_CAST(op);
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (self->handle != NULL && self->handle != SEM_FAILED)
+        sem_close(self->handle);
+    self->handle = NULL;
+    (void)semlock_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+semlock_get_handle(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromVoidPtr(SemLock_CAST(op)->handle);
+}
+
+static PyObject *
+semlock_get_kind(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(SemLock_CAST(op)->kind);
+}
+
+static PyObject *
+semlock_get_maxvalue(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(SemLock_CAST(op)->maxvalue);
+}
+
+static PyObject *
+semlock_get_name(PyObject *op, void *Py_UNUSED(closure))
+{
+    PyObject *name = SemLock_CAST(op)->name;
+    if (name == NULL)
+        name = Py_None;
+    Py_INCREF(name);
+    return name;
+}
+
+static PyGetSetDef semlock_getset[] = {
+    {"handle", semlock_get_handle, NULL, "the semaphore's address in this process", NULL},
+    {"kind", semlock_get_kind, NULL, "RECURSIVE_MUTEX (0) or SEMAPHORE (1)", NULL},
+    {"maxvalue", semlock_get_maxvalue, NULL, "the bound checked by release()", NULL},
+    {"name", semlock_get_name, NULL, "the semaphore's name, None once unlinked", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef semlock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))semlock_acquire,
+     METH_FASTCALL | METH_KEYWORDS, semlock_acquire__doc__},
+    {"release", semlock_release, METH_NOARGS, semlock_release__doc__},
+    {"__enter__", semlock_enter, METH_NOARGS, semlock_enter__doc__},
+    {"__exit__", semlock_exit, METH_VARARGS, semlock_exit__doc__},
+    {"_count", semlock_count, METH_NOARGS, semlock_count__doc__},
+    {"_is_mine", semlock_is_mine, METH_NOARGS, semlock_is_mine__doc__},
+    {"_get_value", semlock_get_value, METH_NOARGS, semlock_get_value__doc__},
+    {"_is_zero", semlock_is_zero, METH_NOARGS, semlock_is_zero__doc__},
+    {"_rebuild", semlock_rebuild, METH_VARARGS | METH_CLASS, semlock_rebuild__doc__},
+    {"_after_fork", semlock_after_fork, METH_NOARGS, semlock_after_fork__doc__},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(semlock__doc__,
+"SemLock(kind, value, maxvalue, name, unlink)\n--\n\n"
+"A semaphore or recursive lock shared between processes, on a POSIX named\n"
+"semaphore.  With `unlink` true the name is removed at once (the object\n"
+"then travels only through fork) and `name` reads None.");
+
+static PyType_Slot semlock_slots[] = {
+    {Py_tp_doc, (void *)semlock__doc__},
+    {Py_tp_new, semlock_new},
+    {Py_tp_dealloc, semlock_dealloc},
+    {Py_tp_traverse, semlock_traverse},
+    {Py_tp_clear, semlock_clear},
+    {Py_tp_methods, semlock_methods},
+    {Py_tp_getset, semlock_getset},
+    {0, NULL},
+};
+
+static PyType_Spec semlock_spec = {
+    .name = "multiprocessing_c._mpcore.SemLock",
+    .basicsize = sizeof(SemLockObject),
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+              Py_TPFLAGS_IMMUTABLETYPE),
+    .slots = semlock_slots,
+};
+
+PyDoc_STRVAR(sem_unlink__doc__,
+"sem_unlink(name, /)\n--\n\n"
+"Remove the named semaphore `name` (FileNotFoundError if there is none).");
+
+static PyObject *
+semaphore_sem_unlink(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_ssize_t len;
+    if (!PyUnicode_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "sem_unlink() argument must be str, not %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8AndSize(arg, &len);
+    if (name == NULL)
+        return NULL;
+    if ((size_t)len != strlen(name)) {
+        PyErr_SetString(PyExc_ValueError, "embedded null character");
+        return NULL;
+    }
+    if (sem_unlink(name) < 0)
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef semaphore_functions[] = {
+    {"sem_unlink", semaphore_sem_unlink, METH_O, sem_unlink__doc__},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+mp_semaphore_init(PyObject *module, mp_state *st)
+{
+    if (!atfork_registered) {
+        if (pthread_atfork(NULL, NULL, semlock_atfork_child) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+            return -1;
+        }
+        atfork_registered = 1;
+    }
+    PyObject *tp = PyType_FromModuleAndSpec(module, &semlock_spec, NULL);
+    if (tp == NULL)
+        return -1;
+    st->SemLockType = (PyTypeObject *)tp;
+    /* A class constant, as in the stdlib; the type is immutable to
+     * Python code, so set it in the type dict directly. */
+    PyObject *vmax = PyLong_FromLong(SEM_VALUE_MAX);
+    if (vmax == NULL)
+        return -1;
+    int rc = PyDict_SetItemString(st->SemLockType->tp_dict, "SEM_VALUE_MAX", vmax);
+    Py_DECREF(vmax);
+    if (rc < 0)
+        return -1;
+    PyType_Modified(st->SemLockType);
+    /* PyModule_AddObject steals only on success (PyModule_AddObjectRef
+     * is 3.10+). */
+    Py_INCREF(tp);
+    if (PyModule_AddObject(module, "SemLock", tp) < 0) {
+        Py_DECREF(tp);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "RECURSIVE_MUTEX", RECURSIVE_MUTEX) < 0 ||
+        PyModule_AddIntConstant(module, "SEMAPHORE", SEMAPHORE) < 0)
+        return -1;
+    PyObject *flags = Py_BuildValue("{s:i,s:i}", "HAVE_SEM_OPEN", 1,
+                                    "HAVE_SEM_TIMEDWAIT", 1);
+    if (flags == NULL)
+        return -1;
+    if (PyModule_AddObject(module, "flags", flags) < 0) {
+        Py_DECREF(flags);
+        return -1;
+    }
+    return PyModule_AddFunctions(module, semaphore_functions);
+}
