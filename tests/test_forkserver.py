@@ -570,3 +570,89 @@ def test_start_and_join_survive_signal_storms():
         signal.signal(signal.SIGALRM, old)
     assert [p.exitcode for p in procs] == [0] * 10
     assert hits
+
+
+# ---- objects passed at process creation ----
+
+def add_under_lock(lock, counter, n):
+    for _ in range(n):
+        with lock:
+            counter.value += 1
+
+
+def test_lock_and_value_passed_to_children():
+    lock = ctx.Lock()
+    counter = ctx.Value('i', 0, lock=False)
+    procs = [_start(add_under_lock, lock, counter, 200) for _ in range(4)]
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert counter.value == 800
+
+
+def fill_array(arr, q):
+    for i in range(len(arr)):
+        arr[i] = i * i
+    q.put(('done', sum(arr)))
+
+
+def test_array_and_queue_passed_to_child():
+    arr = ctx.Array('i', 10)
+    q = ctx.Queue()
+    p = _start(fill_array, arr, q)
+    assert q.get(timeout=10) == ('done', sum(i * i for i in range(10)))
+    p.join(10)
+    assert p.exitcode == 0
+    assert arr[:] == [i * i for i in range(10)]
+    q.close()
+    q.join_thread()
+
+
+def write_shared_memory(name):
+    from multiprocessing_c import shared_memory
+    shm = shared_memory.SharedMemory(name)
+    shm.buf[:5] = b'hello'
+    shm.close()
+
+
+def test_shared_memory_used_by_child():
+    from multiprocessing_c import shared_memory
+    shm = shared_memory.SharedMemory(create=True, size=64)
+    try:
+        p = _start(write_shared_memory, shm.name)
+        p.join(10)
+        assert p.exitcode == 0
+        assert bytes(shm.buf[:5]) == b'hello'
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def test_fork_context_lock_is_refused():
+    lock = multiprocessing_c.get_context('fork').Lock()
+    p = ctx.Process(target=add_under_lock, args=(lock, None, 0))
+    with pytest.raises(RuntimeError, match='SemLock created in a fork'):
+        p.start()
+
+
+def sleep_then_set(evt, delay):
+    time.sleep(delay)
+    evt.set()
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGKILL])
+def test_server_death_during_a_child(sig):
+    # As CPython's check_forkserver_death: a child started before the
+    # server died finishes its work; the next one gets a new server.
+    forkserver.ensure_running()
+    evt = ctx.Event()
+    first = _start(sleep_then_set, evt, 0.5)
+    os.kill(_forkserver._forkserver_pid, sig)
+    time.sleep(1.0)
+    evt2 = ctx.Event()
+    second = _start(sleep_then_set, evt2, 0)
+    second.join(10)
+    assert evt2.is_set() and second.exitcode == 0
+    first.join(10)
+    assert evt.is_set()
+    assert first.exitcode in (0, 255)
