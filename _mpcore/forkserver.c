@@ -508,7 +508,9 @@ forkserver_serve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     s->handler_set = 1;
     /* Children that ended before the handler existed. */
+    Py_BEGIN_ALLOW_THREADS
     reap_children(s);
+    Py_END_ALLOW_THREADS
 
     for (;;) {
         int step, ready = -1, err = 0;
