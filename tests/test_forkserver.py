@@ -656,3 +656,17 @@ def test_server_death_during_a_child(sig):
     first.join(10)
     assert evt.is_set()
     assert first.exitcode in (0, 255)
+
+
+def test_cpython_mp_preload_script_under_the_runner():
+    # CPython's test_preload_resources: a preloaded module that makes a
+    # Lock at import, run with `multiprocessing` resolved to us everywhere
+    # (the server imports test.mp_preload through the alias).
+    import importlib.util
+    spec = importlib.util.find_spec('test.mp_preload')
+    if spec is None:
+        pytest.skip("this interpreter ships without CPython's test package")
+    r = run_python(['-m', 'multiprocessing_c', spec.origin])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip() == 'ok'
+    assert r.stderr == ''
