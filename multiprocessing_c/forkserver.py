@@ -124,23 +124,31 @@ class ForkServer:
             raise ValueError('too many fds to pass to a forkserver child: %d'
                              % len(fds))
         self.ensure_running()
+        server = self._current()
         try:
-            return self._request(fds)
+            return self._request(fds, server)
         except (ConnectionError, FileNotFoundError):
             # The server died since ensure_running() looked: start another.
-            self._restart()
-            return self._request(fds)
+            self._restart(server[0])
+            return self._request(fds, self._current())
 
-    def _request(self, fds):
+    def _current(self):
+        # One consistent view, whatever other threads restart meanwhile.
+        with self._lock:
+            return (self._forkserver_pid, self._forkserver_address,
+                    self._token)
+
+    def _request(self, fds, server):
+        _, address, token = server
         data_r, data_w = os.pipe()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             tracker = _tracker()
             extra = tracker.getfd() if tracker is not None else None
             allfds = [data_r, data_r if extra is None else extra] + list(fds)
-            sock.connect(self._forkserver_address)
+            sock.connect(address)
             header = _REQUEST.pack(_mpcore.FORKSERVER_MAGIC, len(allfds),
-                                   self._token)
+                                   token)
             _send_with_fds(sock, header, allfds)
             return sock.detach(), data_w
         except BaseException:
@@ -150,8 +158,12 @@ class ForkServer:
             sock.close()
             os.close(data_r)
 
-    def _restart(self):
+    def _restart(self, failed_pid):
+        """Replace the server `failed_pid` that let a request down, unless
+        another thread did so already."""
         with self._lock:
+            if self._forkserver_pid != failed_pid:
+                return
             if self._forkserver_pid is not None:
                 try:
                     os.kill(self._forkserver_pid, signal.SIGKILL)

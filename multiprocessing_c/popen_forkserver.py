@@ -48,12 +48,14 @@ class Popen(popen_fork.Popen):
         prep_data = spawn.get_preparation_data(process_obj._name)
         payload = popen_spawn_posix._pickle_for_child(self, prep_data,
                                                       process_obj)
+        forkserver.ensure_running()
+        server = forkserver._forkserver._forkserver_pid
         try:
             self._start(payload)
         except (EOFError, BrokenPipeError, ConnectionError):
             # The server died before it forked for us: once more, with a
             # fresh server.
-            forkserver._forkserver._restart()
+            forkserver._forkserver._restart(server)
             self._start(payload)
 
     def _start(self, payload):

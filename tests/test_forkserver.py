@@ -277,6 +277,30 @@ def test_killed_server_is_restarted():
     assert not running.is_alive()
 
 
+def test_killed_server_with_many_threads_starting():
+    import threading
+    forkserver.ensure_running()
+    os.kill(_forkserver._forkserver_pid, signal.SIGKILL)
+    results, errors = [], []
+
+    def worker(k):
+        try:
+            procs = [_start(exit_with, k) for _ in range(3)]
+            for p in procs:
+                p.join(30)
+                results.append(p.exitcode)
+        except Exception as e:          # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results) == sorted(k for k in range(4) for _ in range(3))
+
+
 def test_server_ignores_sigint():
     forkserver.ensure_running()
     pid = _forkserver._forkserver_pid
