@@ -694,3 +694,15 @@ def test_cpython_mp_preload_script_under_the_runner():
     assert r.returncode == 0, r.stderr
     assert r.stdout.rstrip() == 'ok'
     assert r.stderr == ''
+
+
+def check_payload(data, n):
+    sys.exit(0 if len(data) == n and data[-3:] == b'end' else 1)
+
+
+def test_big_arguments_reach_the_child():
+    # Far more than a pipe holds: the parent writes while the child reads.
+    data = b'x' * (8 << 20) + b'end'
+    p = _start(check_payload, data, len(data))
+    p.join(30)
+    assert p.exitcode == 0
