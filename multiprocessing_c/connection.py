@@ -6,6 +6,7 @@ _mpcore.wait); this module adds pickling of objects, addresses, and the
 challenge/response handshake, which speaks the running Python's stdlib
 dialect so both can connect to each other.
 """
+import copyreg
 import hmac
 import itertools
 import os
@@ -15,7 +16,7 @@ import sys
 from . import _mpcore
 from . import reduction
 from . import util
-from .context import AuthenticationError, BufferTooShort
+from .context import AuthenticationError, BufferTooShort  # noqa: F401 (API)
 
 __all__ = ['Client', 'Listener', 'Pipe', 'wait']
 
@@ -24,6 +25,7 @@ BUFSIZE = 8192
 CONNECTION_TIMEOUT = 20.
 
 _ForkingPickler = reduction.ForkingPickler
+_loads = _ForkingPickler.loads
 _mmap_counter = itertools.count()
 
 default_family = 'AF_UNIX'
@@ -31,6 +33,43 @@ families = ['AF_INET', 'AF_UNIX']
 
 _ConnectionBase = _mpcore.Connection
 wait = _mpcore.wait
+
+
+# Making a ForkingPickler per message costs several times more than
+# pickling a small object, so picklers are reused from a small pool (a
+# list: pop/append are atomic, so threads and re-entrant sends from inside
+# a reducer each get their own).  A pooled pickler writes into a list
+# rather than a BytesIO; it is dropped when reducers were registered since
+# it was made (ForkingPickler.register, or copyreg's table grew), or when
+# a dump failed.
+_POOL_MAX = 4
+_pickler_pool = []
+
+
+class _Sink:
+    __slots__ = ('write',)
+
+    def __init__(self, write):
+        self.write = write
+
+
+def _dumps(obj):
+    stamp = (len(copyreg.dispatch_table) << 32) | _ForkingPickler._generation
+    try:
+        pickler, out, made = _pickler_pool.pop()
+        if made != stamp:
+            raise IndexError
+    except IndexError:
+        out = []
+        pickler = _ForkingPickler(_Sink(out.append))
+        made = stamp
+    pickler.dump(obj)
+    pickler.clear_memo()
+    data = out[0] if len(out) == 1 else b''.join(out)
+    out.clear()
+    if len(_pickler_pool) < _POOL_MAX:
+        _pickler_pool.append((pickler, out, made))
+    return data
 
 
 class Connection(_mpcore.Connection):
@@ -41,11 +80,11 @@ class Connection(_mpcore.Connection):
 
     def send(self, obj):
         """Send a picklable object."""
-        self.send_bytes(_ForkingPickler.dumps(obj))
+        self.send_bytes(_dumps(obj))
 
     def recv(self):
         """Receive an object sent with send()."""
-        return _ForkingPickler.loads(self.recv_bytes())
+        return _loads(self.recv_bytes())
 
     def __enter__(self):
         return self
@@ -86,13 +125,15 @@ reduction.register(Connection, reduce_connection)
 def Pipe(duplex=True):
     """Return a pair (conn1, conn2) of connected Connections.  If `duplex`
     is false, conn1 can only receive and conn2 only send."""
-    if duplex:
-        s1, s2 = socket.socketpair()
-        s1.setblocking(True)
-        s2.setblocking(True)
-        return Connection(s1.detach()), Connection(s2.detach())
-    r, w = os.pipe()
-    return Connection(r, writable=False), Connection(w, readable=False)
+    if not duplex:
+        rfd, wfd = os.pipe()
+        return Connection(rfd, writable=False), Connection(wfd, readable=False)
+    # A stream socketpair: both ends send and receive, and fds can be
+    # passed over it (send_handle).
+    ends = socket.socketpair()
+    for end in ends:
+        end.setblocking(True)
+    return tuple(Connection(end.detach()) for end in ends)
 
 
 # ---------------------------------------------------------------- addresses
@@ -119,12 +160,12 @@ def _validate_family(family):
 def address_type(address):
     """Return the family name ('AF_INET', 'AF_UNIX' or 'AF_PIPE') that
     `address` belongs to."""
-    if type(address) is tuple:
+    if isinstance(address, tuple):
         return 'AF_INET'
-    if type(address) is str and address.startswith('\\\\'):
-        return 'AF_PIPE'
-    if type(address) is str or (type(address) is bytes and
-                                util.is_abstract_socket_namespace(address)):
+    if isinstance(address, str):
+        # Two leading backslashes name a Windows pipe.
+        return 'AF_PIPE' if address[:2] == '\\\\' else 'AF_UNIX'
+    if isinstance(address, bytes) and util.is_abstract_socket_namespace(address):
         return 'AF_UNIX'
     raise ValueError('address type of %r unrecognized' % (address,))
 
@@ -134,6 +175,21 @@ def _check_authkey(authkey):
         raise TypeError('authkey should be a byte string')
 
 
+def _handshake(conn, authkey, we_challenge_first):
+    # Each side proves it knows the key, in opposite orders on the two
+    # ends; a failure closes the connection.
+    steps = (deliver_challenge, answer_challenge)
+    if not we_challenge_first:
+        steps = steps[::-1]
+    try:
+        for step in steps:
+            step(conn, authkey)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 # --------------------------------------------------------- Listener/Client
 
 class Listener:
@@ -141,102 +197,91 @@ class Listener:
     accepted client."""
 
     def __init__(self, address=None, family=None, backlog=1, authkey=None):
-        family = (family or (address and address_type(address))
-                  or default_family)
-        _validate_family(family)
-        address = address or arbitrary_address(family)
         _check_authkey(authkey)
-        self._listener = SocketListener(address, family, backlog)
+        if family is None:
+            family = address_type(address) if address else default_family
+        _validate_family(family)
+        if not address:
+            address = arbitrary_address(family)
         self._authkey = authkey
+        self._listener = SocketListener(address, family, backlog)
 
     def accept(self):
         """Wait for a client and return the Connection to it (after the
         handshake if there is an authkey)."""
-        if self._listener is None:
+        server = self._listener
+        if server is None:
             raise OSError('listener is closed')
-        conn = self._listener.accept()
-        if self._authkey is not None:
-            try:
-                deliver_challenge(conn, self._authkey)
-                answer_challenge(conn, self._authkey)
-            except BaseException:
-                conn.close()
-                raise
-        return conn
+        conn = server.accept()
+        if self._authkey is None:
+            return conn
+        return _handshake(conn, self._authkey, we_challenge_first=True)
 
     def close(self):
         """Stop listening (and remove an AF_UNIX socket file)."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
+        server, self._listener = self._listener, None
+        if server is not None:
+            server.close()
 
-    @property
-    def address(self):
-        return self._listener._address
-
-    @property
-    def last_accepted(self):
-        return self._listener._last_accepted
+    address = property(lambda self: self._listener._address,
+                       doc='The address being listened on.')
+    last_accepted = property(lambda self: self._listener._last_accepted,
+                             doc='The address of the last accepted client.')
 
     def __enter__(self):
         return self
 
-    def __exit__(self, exc_type, exc_value, exc_tb):
+    def __exit__(self, *exc_info):
         self.close()
 
 
 def Client(address, family=None, authkey=None):
     """Connect to the Listener at `address` and return a Connection."""
-    family = family or address_type(address)
-    _validate_family(family)
     _check_authkey(authkey)
+    _validate_family(family or address_type(address))
     conn = SocketClient(address)
-    if authkey is not None:
-        try:
-            answer_challenge(conn, authkey)
-            deliver_challenge(conn, authkey)
-        except BaseException:
-            conn.close()
-            raise
-    return conn
+    if authkey is None:
+        return conn
+    return _handshake(conn, authkey, we_challenge_first=False)
 
 
 class SocketListener:
-    """The socket behind a Listener."""
+    """The bound, listening socket behind a Listener."""
 
     def __init__(self, address, family, backlog=1):
-        self._socket = socket.socket(getattr(socket, family))
+        sock = socket.socket(getattr(socket, family))
         try:
             if family == 'AF_INET':
-                # Rebinding a port in TIME_WAIT is fine for a server.
-                self._socket.setsockopt(socket.SOL_SOCKET,
-                                        socket.SO_REUSEADDR, 1)
-            self._socket.setblocking(True)
-            self._socket.bind(address)
-            self._socket.listen(backlog)
-            self._address = self._socket.getsockname()
-        except OSError:
-            self._socket.close()
+                # Rebinding a port still in TIME_WAIT is fine for a server.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(True)
+            sock.bind(address)
+            sock.listen(backlog)
+            bound = sock.getsockname()
+        except BaseException:
+            sock.close()
             raise
+        self._socket = sock
         self._family = family
+        self._address = bound
         self._last_accepted = None
-        if family == 'AF_UNIX' and not util.is_abstract_socket_namespace(address):
-            # Remove the socket file with the listener (or at exit).
+        self._unlink = None
+        if family == 'AF_UNIX' and isinstance(address, str) and \
+                not util.is_abstract_socket_namespace(address):
+            # The socket file goes with the listener, or at exit.
             self._unlink = util.Finalize(self, os.unlink, args=(address,),
                                          exitpriority=0)
-        else:
-            self._unlink = None
 
     def accept(self):
-        sock, self._last_accepted = self._socket.accept()
-        sock.setblocking(True)
-        return Connection(sock.detach())
+        client, self._last_accepted = self._socket.accept()
+        client.setblocking(True)
+        return Connection(client.detach())
 
     def close(self):
+        unlink, self._unlink = self._unlink, None
         try:
             self._socket.close()
         finally:
-            unlink, self._unlink = self._unlink, None
             if unlink is not None:
                 try:
                     unlink()
@@ -246,11 +291,14 @@ class SocketListener:
 
 def SocketClient(address):
     """Return a Connection to the socket listening at `address`."""
-    family = getattr(socket, address_type(address))
-    with socket.socket(family) as s:
-        s.setblocking(True)
-        s.connect(address)
-        return Connection(s.detach())
+    sock = socket.socket(getattr(socket, address_type(address)))
+    try:
+        sock.setblocking(True)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return Connection(sock.detach())
 
 
 # ---------------------------------------------------------- authentication
@@ -349,14 +397,16 @@ _MD5ONLY_MESSAGE_LENGTH = MESSAGE_LENGTH
 # ------------------------------------------------------- xmlrpc wrappers
 
 class ConnectionWrapper:
-    """A Connection whose send()/recv() use the given dumps/loads."""
+    """A Connection whose send()/recv() use the given dumps/loads; every
+    other attribute is the wrapped Connection's."""
 
     def __init__(self, conn, dumps, loads):
         self._conn = conn
         self._dumps = dumps
         self._loads = loads
-        for attr in ('fileno', 'close', 'poll', 'recv_bytes', 'send_bytes'):
-            setattr(self, attr, getattr(conn, attr))
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
 
     def send(self, obj):
         self._conn.send_bytes(self._dumps(obj))
@@ -367,20 +417,20 @@ class ConnectionWrapper:
 
 def _xml_dumps(obj):
     import xmlrpc.client
-    return xmlrpc.client.dumps((obj,), None, None, None, 1).encode('utf-8')
+    return xmlrpc.client.dumps((obj,), allow_none=True).encode('utf-8')
 
 
-def _xml_loads(s):
+def _xml_loads(data):
     import xmlrpc.client
-    (obj,), method = xmlrpc.client.loads(s.decode('utf-8'))
-    return obj
+    params, _ = xmlrpc.client.loads(data.decode('utf-8'))
+    return params[0]
 
 
 class XmlListener(Listener):
     """A Listener whose connections carry xmlrpc-marshalled objects."""
 
     def accept(self):
-        return ConnectionWrapper(Listener.accept(self), _xml_dumps, _xml_loads)
+        return ConnectionWrapper(super().accept(), _xml_dumps, _xml_loads)
 
 
 def XmlClient(*args, **kwds):

@@ -28,6 +28,9 @@ class ForkingPickler(pickle.Pickler):
 
     _extra_reducers = {}
     _copyreg_dispatch_table = copyreg.dispatch_table
+    # Bumped by register(): picklers kept for reuse (connection.py) are
+    # made afresh when it changes.
+    _generation = 0
 
     def __init__(self, *args, **kwds):
         super().__init__(*args, **kwds)
@@ -39,6 +42,7 @@ class ForkingPickler(pickle.Pickler):
     def register(cls, type, reduce):
         """Pickle objects of `type` with `reduce` in other processes."""
         cls._extra_reducers[type] = reduce
+        ForkingPickler._generation += 1
 
     @classmethod
     def dumps(cls, obj, protocol=None):

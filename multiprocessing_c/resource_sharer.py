@@ -3,12 +3,13 @@
 A Connection or socket pickled while starting a child travels by
 inheritance (reduction.DupFd asks the spawning Popen).  Pickled at any
 other time, say sent over a Pipe to a running process, its fd needs
-another road: DupFd registers a duplicate with this process's resource
-sharer, a background thread behind an authenticated AF_UNIX Listener.
-The receiving process connects, names the key it got in the pickle, and
-gets the fd over SCM_RIGHTS; the sharer then closes its duplicate.  Each
-registration is redeemed at most once.
+another road: the pickle carries a ticket, and this process keeps a
+duplicate of the fd until the receiver claims it.  Claims are served by
+one background thread behind an AF_UNIX Listener authenticated with the
+process tree's authkey; the fd goes over SCM_RIGHTS, and the duplicate
+is closed once handed over.  A ticket is good for one claim.
 """
+import itertools
 import os
 import signal
 import sys
@@ -22,125 +23,121 @@ __all__ = ['stop']
 
 
 class DupFd:
-    """A picklable stand-in for a duplicate of `fd`; detach() in the
-    receiving process returns a new fd for the same open file."""
+    """A picklable claim on a duplicate of `fd`; detach() in the receiving
+    process returns a new fd for the same open file."""
 
     def __init__(self, fd):
-        new_fd = os.dup(fd)
-
-        def send(conn, pid):
-            reduction.send_handle(conn, new_fd, pid)
-
-        def close():
-            os.close(new_fd)
-        self._id = _resource_sharer.register(send, close)
+        self._id = _resource_sharer.share_fd(fd)
 
     def detach(self):
         """Fetch the fd from the process that pickled it."""
-        with _resource_sharer.get_connection(self._id) as conn:
-            return reduction.recv_handle(conn)
+        return _resource_sharer.fetch_fd(self._id)
+
+
+def _authkey():
+    return process.current_process().authkey
+
+
+def _report_current_exception():
+    if not util.is_exiting():
+        sys.excepthook(*sys.exc_info())
 
 
 class _ResourceSharer:
-    """The per-process server behind DupFd, started on first use."""
+    """The per-process fd server behind DupFd, started on first use."""
 
     def __init__(self):
-        self._key = 0
-        self._cache = {}            # key -> (send(conn, pid), close())
-        self._lock = threading.Lock()
-        self._listener = None
-        self._address = None
-        self._thread = None
-        util.register_after_fork(self, _ResourceSharer._afterfork)
+        self._mutex = threading.Lock()
+        self._pending = {}              # ticket -> our duplicate fd
+        self._tickets = itertools.count(1)
+        self._server = None             # (listener, thread) while running
+        util.register_after_fork(self, _ResourceSharer._reset_in_child)
 
-    def register(self, send, close):
-        """Offer a resource; return the id a receiver redeems it with."""
-        with self._lock:
-            if self._address is None:
-                self._start()
-            self._key += 1
-            self._cache[self._key] = (send, close)
-            return (self._address, self._key)
+    def share_fd(self, fd):
+        """Keep a duplicate of `fd` for one claim; return its (address,
+        ticket) identifier."""
+        dup = os.dup(fd)
+        with self._mutex:
+            if self._server is None:
+                self._server = self._launch()
+            ticket = next(self._tickets)
+            self._pending[ticket] = dup
+            return self._server[0].address, ticket
 
     @staticmethod
-    def get_connection(ident):
-        """Connect to the sharer named in `ident` and ask for the resource."""
+    def fetch_fd(ident):
+        """Claim the fd named by `ident` from the process sharing it."""
         from .connection import Client
-        address, key = ident
-        conn = Client(address, authkey=process.current_process().authkey)
-        conn.send((key, os.getpid()))
-        return conn
+        address, ticket = ident
+        with Client(address, authkey=_authkey()) as conn:
+            conn.send((ticket, os.getpid()))
+            return reduction.recv_handle(conn)
 
     def stop(self, timeout=None):
         """Stop the server thread and close every unclaimed duplicate."""
         from .connection import Client
-        with self._lock:
-            if self._address is not None:
-                conn = Client(self._address,
-                              authkey=process.current_process().authkey)
-                conn.send(None)
-                conn.close()
-                self._thread.join(timeout)
-                if self._thread.is_alive():
-                    util.sub_warning('_ResourceSharer thread did not stop '
+        with self._mutex:
+            server, self._server = self._server, None
+            if server is not None:
+                listener, thread = server
+                with Client(listener.address, authkey=_authkey()) as conn:
+                    conn.send(None)
+                thread.join(timeout)
+                if thread.is_alive():
+                    util.sub_warning('resource sharer thread did not stop '
                                      'when asked')
-                self._listener.close()
-                self._thread = self._listener = self._address = None
-            self._close_cached()
+                listener.close()
+            self._drop_pending()
 
-    def _close_cached(self):
-        cache, self._cache = self._cache, {}
-        for _, close in cache.values():
-            close()
+    def _drop_pending(self):
+        pending, self._pending = self._pending, {}
+        for fd in pending.values():
+            os.close(fd)
 
-    def _afterfork(self):
-        # The server thread did not survive the fork, and the duplicates
-        # are the parent's to hand out: drop our copies of everything.
-        self._close_cached()
-        self._lock = threading.Lock()
-        if self._listener is not None:
-            self._listener.close()   # the parent's finalizer owns the file
-        self._listener = self._address = self._thread = None
+    def _reset_in_child(self):
+        # After fork: no server thread here, and the unclaimed duplicates
+        # are the parent's to hand out.
+        self._mutex = threading.Lock()
+        self._drop_pending()
+        server, self._server = self._server, None
+        if server is not None:
+            server[0].close()       # the socket file stays the parent's
 
-    def _start(self):
+    def _launch(self):
         from .connection import Listener
-        util.debug('starting listener and thread for sending handles')
-        self._listener = Listener(authkey=process.current_process().authkey,
-                                  backlog=128)
-        self._address = self._listener.address
-        t = threading.Thread(target=self._serve, name='resource-sharer',
-                             daemon=True)
-        t.start()
-        self._thread = t
+        util.debug('starting the resource sharer')
+        listener = Listener(authkey=_authkey(), backlog=128)
+        thread = threading.Thread(target=self._serve, args=(listener,),
+                                  name='resource-sharer', daemon=True)
+        thread.start()
+        return listener, thread
 
-    def _serve(self):
+    def _serve(self, listener):
         # Signals are for the main thread.
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        listener = self._listener
         while True:
             try:
                 conn = listener.accept()
             except Exception:
                 if listener._listener is None:
-                    break       # closed under us by a timed-out stop()
-                # A stray or unauthenticated client: serve the next one.
-                if not util.is_exiting():
-                    sys.excepthook(*sys.exc_info())
+                    return          # closed by a stop() that timed out
+                _report_current_exception()     # e.g. a wrong authkey
                 continue
-            try:
-                with conn:
-                    msg = conn.recv()
-                    if msg is None:
-                        break
-                    key, destination_pid = msg
-                    send, close = self._cache.pop(key)
+            with conn:
+                try:
+                    request = conn.recv()
+                    if request is None:
+                        return
+                    ticket, pid = request
+                    fd = self._pending.pop(ticket, None)
+                    if fd is None:
+                        continue
                     try:
-                        send(conn, destination_pid)
+                        reduction.send_handle(conn, fd, pid)
                     finally:
-                        close()
-            except Exception:
-                if not util.is_exiting():
-                    sys.excepthook(*sys.exc_info())
+                        os.close(fd)
+                except Exception:
+                    _report_current_exception()
 
 
 _resource_sharer = _ResourceSharer()

@@ -208,12 +208,18 @@ def rebuild_ctype(type_, wrapper, length):
 # as documentation of what the generated wrapper does (nothing execs it).
 template = """
 def get_%(name)s(self):
-    with self._lock:
+    self.acquire()
+    try:
         return self._obj.%(name)s
+    finally:
+        self.release()
 
 def set_%(name)s(self, value):
-    with self._lock:
+    self.acquire()
+    try:
         self._obj.%(name)s = value
+    finally:
+        self.release()
 
 %(name)s = property(get_%(name)s, set_%(name)s)
 """
@@ -229,13 +235,21 @@ def make_property(name):
     except KeyError:
         pass
 
+    # acquire/release are the lock's own (C) methods bound on the wrapper:
+    # cheaper than entering the lock as a context manager.
     def fget(self):
-        with self._lock:
+        self.acquire()
+        try:
             return getattr(self._obj, name)
+        finally:
+            self.release()
 
     def fset(self, value):
-        with self._lock:
+        self.acquire()
+        try:
             setattr(self._obj, name, value)
+        finally:
+            self.release()
 
     prop = prop_cache[name] = property(fget, fset, None,
                                        'the locked field %r' % name)
@@ -287,12 +301,18 @@ class SynchronizedArray(SynchronizedBase):
         return len(self._obj)
 
     def __getitem__(self, i):
-        with self._lock:
+        self.acquire()
+        try:
             return self._obj[i]
+        finally:
+            self.release()
 
     def __setitem__(self, i, value):
-        with self._lock:
+        self.acquire()
+        try:
             self._obj[i] = value
+        finally:
+            self.release()
 
     def __getslice__(self, start, stop):
         with self._lock:

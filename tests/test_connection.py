@@ -119,6 +119,59 @@ class TestFraming:
         c.close()
         m.close()
 
+    @pytest.mark.parametrize('kind', ['socket', 'pipe'])
+    @pytest.mark.parametrize('first', [0, 10, 1024, 1025, 70000])
+    def test_never_reads_past_the_frame(self, kind, first, fd_guard):
+        # Several processes may share a read end: recv_bytes must leave
+        # the next frame untouched in the kernel.
+        if kind == 'socket':
+            a, b = socket.socketpair()
+            rfd, wfd = a.detach(), b.detach()
+        else:
+            rfd, wfd = os.pipe()
+        second = struct.pack('!i', 3) + b'two'
+        data = struct.pack('!i', first) + b'1' * first + second
+        t = in_thread(lambda: os.write(wfd, data) if len(data) < 4096
+                      else [os.write(wfd, data[i:i + 4096])
+                            for i in range(0, len(data), 4096)])
+        c = _mpcore.Connection(rfd)
+        assert c.recv_bytes() == b'1' * first
+        t.join()
+        assert os.read(rfd, 100) == second
+        c.close()
+        os.close(wfd)
+
+    def test_message_over_growth_limit(self, fd_guard):
+        # Bigger than what recv_bytes allocates up front (64 MiB): the
+        # buffer grows as data arrives.
+        a, b = socket.socketpair()
+        c1, c2 = _mpcore.Connection(a.detach()), _mpcore.Connection(b.detach())
+        msg = b'0123456789abcdef' * (5 << 20)     # 80 MiB
+        t = in_thread(c1.send_bytes, msg)
+        assert c2.recv_bytes() == msg
+        t.join()
+        c1.close()
+        c2.close()
+
+    @pytest.mark.parametrize('size', [1, 100, 1024, 1025, 5000])
+    def test_frame_arriving_in_pieces(self, size, fd_guard):
+        # Header and payload split across writes with pauses between:
+        # short reads at every point of the frame.
+        c, raw = raw_pair()
+        frame = struct.pack('!i', size) + os.urandom(size)
+
+        def dribble():
+            for cut in (2, 4, 5, 4 + size // 2, len(frame)):
+                raw.sendall(frame[dribble.pos:cut])
+                dribble.pos = max(dribble.pos, cut)
+                time.sleep(0.02)
+        dribble.pos = 0
+        t = in_thread(dribble)
+        assert c.recv_bytes() == frame[4:]
+        t.join()
+        c.close()
+        raw.close()
+
     def test_negative_header_is_an_error(self, fd_guard):
         c, raw = raw_pair()
         raw.sendall(struct.pack('!i', -7))
@@ -248,6 +301,18 @@ class TestFraming:
 
 class TestConnectionObject:
 
+    def test_signatures(self):
+        import inspect
+        sig = lambda f: list(inspect.signature(f).parameters)
+        assert sig(_mpcore.Connection) == ['handle', 'readable', 'writable']
+        assert sig(_mpcore.Connection.send_bytes) == ['self', 'buf', 'offset', 'size']
+        assert sig(_mpcore.Connection.recv_bytes) == ['self', 'maxlength']
+        assert sig(_mpcore.Connection.recv_bytes_into) == ['self', 'buf', 'offset']
+        assert sig(_mpcore.Connection.poll) == ['self', 'timeout']
+        assert sig(_mpcore.wait) == ['object_list', 'timeout']
+        assert sig(_mpcore.sendfds) == ['sock', 'fds']
+        assert sig(_mpcore.recvfds) == ['sock', 'n']
+
     def test_constructor_checks(self):
         with pytest.raises(ValueError, match='invalid handle'):
             _mpcore.Connection(-1)
@@ -316,7 +381,7 @@ class TestPoll:
         t0 = time.monotonic()
         assert c.poll() is False
         assert c.poll(-1) is False
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 3
         t0 = time.monotonic()
         assert c.poll(0.2) is False
         assert time.monotonic() - t0 >= 0.2
@@ -371,7 +436,7 @@ class TestWait:
         assert time.monotonic() - t0 >= 0.2
         t0 = time.monotonic()
         assert _mpcore.wait([a], timeout=-1) == []
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 3
         b.close()
         assert _mpcore.wait([a]) == [a]
         a.close()
@@ -423,6 +488,20 @@ class TestEINTR:
         c.close()
         raw.close()
 
+    def test_small_recv_survives_signals(self, alarm_spam, fd_guard):
+        c, raw = raw_pair()
+
+        def run():
+            for piece in (b'\x00\x00', b'\x00\x05', b'he', b'llo'):
+                time.sleep(0.1)
+                raw.sendall(piece)
+        t = in_thread(run)
+        assert c.recv_bytes() == b'hello'
+        t.join()
+        assert len(alarm_spam) > 10
+        c.close()
+        raw.close()
+
     def test_send_bytes_survives_signals(self, alarm_spam, fd_guard):
         c, raw = raw_pair()
         payload = os.urandom(4 << 20)     # more than the socket buffer
@@ -448,7 +527,7 @@ class TestEINTR:
         assert c.poll(0.3) is False
         assert _mpcore.wait([c], 0.3) == []
         # Retries recompute the remaining time: no drift past the deadline.
-        assert 0.6 <= time.monotonic() - t0 < 3
+        assert 0.6 <= time.monotonic() - t0 < 10
         t = self._delayed_writer(raw, b'\x00\x00\x00\x00', 0.2)
         assert c.poll(None) is True
         assert _mpcore.wait([c]) == [c]
@@ -617,7 +696,6 @@ class TestStdlibInterop:
 # ------------------------------------------------- the Python-level API
 
 from multiprocessing_c import connection, reduction    # noqa: E402
-import multiprocessing_c                                # noqa: E402
 
 
 def child_echo(conn):
@@ -640,6 +718,13 @@ def child_write_to_received_fd(conn, data):
     fd = reduction.recv_handle(conn)
     os.write(fd, data)
     os.close(fd)
+
+
+def child_use_passed_socket(conn):
+    sock = conn.recv()
+    sock.sendall(b'through a pickled socket')
+    sock.close()
+    conn.close()
 
 
 def child_send_some(w, n):
@@ -718,6 +803,38 @@ class TestPipe:
         ours.close()
         std.close()
 
+    def test_reused_picklers(self, fd_guard):
+        # send() reuses picklers: a failed dump, a reducer registered
+        # later and a send from inside a reducer must all still work.
+        a, b = connection.Pipe()
+        with pytest.raises(Exception):
+            a.send(lambda: None)           # not picklable
+        a.send([1, 2])
+        assert b.recv() == [1, 2]
+
+        class Late:
+            pass
+        reduction.register(Late, lambda obj: (str, ('late-reduced',)))
+        try:
+            a.send(Late())
+            assert b.recv() == 'late-reduced'
+        finally:
+            del reduction.ForkingPickler._extra_reducers[Late]
+
+        class Nested:
+            def __reduce__(self):
+                a.send('inner')            # re-entrant send
+                return (str, ('outer',))
+        a.send(Nested())
+        assert b.recv() == 'inner'
+        assert b.recv() == 'outer'
+        big = b'z' * (1 << 20)
+        a_t = in_thread(a.send, [big, big])
+        assert b.recv() == [big, big]
+        a_t.join()
+        a.close()
+        b.close()
+
     def test_wait_on_pipes(self, fd_guard):
         pairs = [connection.Pipe(duplex=False) for _ in range(5)]
         readers = [r for r, _ in pairs]
@@ -781,6 +898,20 @@ class TestProcesses:
         assert p.exitcode == 0
         conn.close()
 
+    def test_pickle_socket_to_running_child(self, ctx):
+        conn, child_conn = ctx.Pipe()
+        p = ctx.Process(target=child_use_passed_socket, args=(child_conn,))
+        p.start()
+        child_conn.close()
+        a, b = socket.socketpair()
+        conn.send(b)
+        b.close()
+        assert a.recv(100) == b'through a pickled socket'
+        p.join(10)
+        assert p.exitcode == 0
+        a.close()
+        conn.close()
+
     def test_send_handle(self, ctx, tmp_path):
         conn, child_conn = ctx.Pipe()
         p = ctx.Process(target=child_write_to_received_fd,
@@ -830,8 +961,21 @@ def test_resource_sharer_stop():
     unclaimed = resource_sharer.DupFd(a.fileno())
     before = open_fds()
     resource_sharer.stop(timeout=5)
-    assert resource_sharer._resource_sharer._thread is None
+    assert resource_sharer._resource_sharer._server is None
     # Its listener and the unclaimed duplicate are closed.
     assert open_fds() == before - 2
+    a.close()
+    b.close()
+
+
+def test_resource_sharer_ticket_is_single_use():
+    from multiprocessing_c import resource_sharer
+    a, b = connection.Pipe()
+    df = resource_sharer.DupFd(a.fileno())
+    fd = df.detach()
+    assert os.path.sameopenfile(fd, a.fileno())
+    os.close(fd)
+    with pytest.raises(EOFError):
+        df.detach()          # already claimed: refused, not hung
     a.close()
     b.close()

@@ -3,15 +3,12 @@
 and Client in both directions, in threads and in real child processes."""
 import hmac
 import os
-import socket
-import struct
 import threading
 
 import pytest
 
 import multiprocessing.connection as std_connection
 
-import multiprocessing_c
 from multiprocessing_c import connection
 from multiprocessing_c.context import AuthenticationError
 

@@ -15,7 +15,7 @@ from testutil import run_python, write_script
 # ---- targets: module level, so that spawned children can import them ----
 
 def write_file(path, text):
-    # Atomically: readers poll for the file and must not see it empty.
+    # Atomically, so that a reader polling for the file never sees it empty.
     with open(path + '.tmp', 'w') as f:
         f.write(text)
     os.replace(path + '.tmp', path)

@@ -132,6 +132,20 @@ def test_value_bad_lock():
 
 
 @needs_synchronize
+def test_array_lock_from_context(ctx):
+    arr = ctx.Array('i', 4)
+    from multiprocessing_c import synchronize
+    assert isinstance(arr.get_lock(), synchronize.RLock)
+    # The same lock object serves several wrappers when given.
+    lock = ctx.Lock()
+    a = ctx.Array('i', 2, lock=lock)
+    b = ctx.Value('d', 1.0, lock=lock)
+    assert a.get_lock() is lock and b.get_lock() is lock
+    with a:
+        assert not lock.acquire(False)
+
+
+@needs_synchronize
 def test_value_default_lock_is_rlock():
     v = Value('i', 5)
     lock = v.get_lock()
@@ -326,14 +340,14 @@ def test_big_array_in_child(ctx):
 
 @needs_synchronize
 def test_synchronized_in_child(ctx):
-    # Locks come from the children's context (a fork-context SemLock may
-    # not go to a spawned child).
+    # Locks come from the process's context (as with the stdlib, a
+    # fork-context lock cannot go to a spawned child).
     x = ctx.Value('i', 7)
     arr = ctx.Array('d', list(range(10)))
     foo = ctx.Value(Point, 3, 2)
     string = ctx.Array('c', 20)
     string.value = b'hello'
-    y = ctx.Value('d', 0.5)
+    y = Value('d', 0.5, ctx=ctx)
     run(ctx, double_all, x, y, foo, arr, string)
     assert x.value == 14 and y.value == 1.0
     assert foo.x == 6
