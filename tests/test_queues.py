@@ -284,10 +284,11 @@ class TestSimpleQueueInProcess:
 
 
 class TestAcrossProcesses:
-    def test_items_arrive_in_order_and_none_lost_at_exit(self, ctx):
+    @pytest.mark.parametrize('close', [True, False], ids=['close', 'noclose'])
+    def test_items_arrive_in_order_and_none_lost_at_exit(self, ctx, close):
         q = ctx.Queue()
         n = 5000    # more than the pipe holds: the child's feeder must drain
-        p = ctx.Process(target=child_put_range, args=(q, 0, n, True))
+        p = ctx.Process(target=child_put_range, args=(q, 0, n, close))
         p.start()
         time.sleep(0.2)     # the child is waiting at exit with data buffered
         assert [q.get(timeout=WAIT) for _ in range(n)] == list(range(n))

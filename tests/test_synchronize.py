@@ -835,3 +835,24 @@ class TestNamesAndLeaks:
         p.join(WAIT)
         assert lock.acquire(timeout=0.05) is False
         del lock, held, go
+
+
+def test_killed_creator_semaphore_removed_by_resource_tracker(tmp_path):
+    pytest.importorskip('multiprocessing_c.resource_tracker',
+                        reason='the resource tracker (issue 7) is not merged yet')
+    import subprocess
+    from testutil import child_env
+    code = ("import os, signal, multiprocessing_c as m\n"
+            "lock = m.get_context('spawn').Lock()\n"
+            "print(lock._semlock.name, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    p = subprocess.run([sys.executable, '-c', code], env=child_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    name = p.stdout.strip()
+    assert name.startswith('/')
+    path = '/dev/shm/sem.' + name[1:]
+    deadline = time.monotonic() + 10
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(path)
