@@ -12,8 +12,9 @@ from threading import (Barrier, BoundedSemaphore, Condition, Event, Lock,
 from threading import current_thread as current_process
 from queue import Queue
 
-from . import connection
-from .connection import Pipe
+# `multiprocessing.dummy.connection` is reachable as an attribute, as with
+# the stdlib (CPython's suite reads it right after `import ...dummy`).
+from . import connection  # noqa: E402
 
 __all__ = [
     'Process', 'current_process', 'active_children', 'freeze_support',
@@ -129,3 +130,7 @@ def Pool(processes=None, initializer=None, initargs=()):
     return ThreadPool(processes, initializer, initargs)
 
 
+def Pipe(duplex=True):
+    """Two connected Connection objects over queues."""
+    from .connection import Pipe as _pipe
+    return _pipe(duplex)
