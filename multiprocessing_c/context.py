@@ -274,7 +274,9 @@ def _forkserver_available(self):
 
 def _no_after_fork():
     # A spawned child starts as a fresh interpreter: there is no inherited
-    # state for the after-fork hooks to reset.
+    # state for the after-fork hooks to reset.  A fork server's child has
+    # reset the server's state before unpickling its Process (forkserver.py),
+    # and clearing now would drop finalizers that unpickling registered.
     pass
 
 
@@ -315,6 +317,7 @@ _concrete_contexts = {
                                   after_fork=_no_after_fork),
     'forkserver': _define_start_method('forkserver', 'ForkServerProcess',
                                        'ForkServerContext', 'popen_forkserver',
+                                       after_fork=_no_after_fork,
                                        check_available=_forkserver_available),
 }
 

@@ -338,6 +338,10 @@ def _run_child(fds):
             from . import resource_tracker
             resource_tracker._resource_tracker._fd = extra
         _forkserver._inherited_fds = fds[_FIXED_FDS:]
+        # Forget the server's finalizers and reset its fork-aware state now,
+        # before the Process object is unpickled: what unpickling registers
+        # (a proxy's decref, an arena's unmap) belongs to this child.
+        process.BaseProcess._after_fork()
         # Our copy of the data pipe reports the parent's death.
         parent_sentinel = os.dup(data_fd)
         exitcode = spawn._main(data_fd, parent_sentinel)
