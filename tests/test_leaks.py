@@ -17,8 +17,13 @@ import multiprocessing_c as mp
 def fds():
     return len(os.listdir('/proc/self/fd'))
 
-def shm_names():
-    return {n for n in os.listdir('/dev/shm')}
+# Names of the segments and semaphores a body creates: /dev/shm is shared
+# with every other program on the machine, so only our own names count.
+CREATED = []
+
+def leftover_names():
+    return [n for n in CREATED if os.path.exists('/dev/shm/' + n.lstrip('/'))
+            or os.path.exists('/dev/shm/sem.' + n.lstrip('/'))]
 
 def children():
     me = str(os.getpid())
@@ -40,13 +45,14 @@ def check(body, rounds, warmup=20):
     for _ in range(warmup):
         body()
     gc.collect()
-    f0, s0, k0, r0 = fds(), shm_names(), children(), rss_kb()
+    del CREATED[:]
+    f0, k0, r0 = fds(), children(), rss_kb()
     for _ in range(rounds):
         body()
     gc.collect()
-    f1, s1, k1, r1 = fds(), shm_names(), children(), rss_kb()
+    f1, k1, r1 = fds(), children(), rss_kb()
     print('fds', f0, f1)
-    print('shm', sorted(s1 - s0))
+    print('shm', sorted(leftover_names()))
     print('children', sorted(set(k1) - set(k0)))
     print('rss_growth_kb', r1 - r0)
 '''
@@ -76,6 +82,7 @@ check(body, 200)
 from multiprocessing_c import shared_memory
 def body():
     s = shared_memory.SharedMemory(create=True, size=4096)
+    CREATED.append(s.name)
     t = shared_memory.SharedMemory(s.name)
     t.buf[0] = 7
     t.close(); s.close(); s.unlink()
