@@ -18,10 +18,6 @@ mpcore_exec(PyObject *module)
     mp_state *st = mp_get_state(module);
     if (mp_spawn_init(module, st) < 0)
         return -1;
-    if (mp_semaphore_init(module, st) < 0)
-        return -1;
-    if (mp_queue_init(module, st) < 0)
-        return -1;
     if (mp_heap_init(module, st) < 0)
         return -1;
     if (mp_shm_init(module, st) < 0)
@@ -31,6 +27,10 @@ mpcore_exec(PyObject *module)
     if (mp_wait_init(module, st) < 0)
         return -1;
     if (mp_fdpass_init(module, st) < 0)
+        return -1;
+    if (mp_semaphore_init(module, st) < 0)
+        return -1;
+    if (mp_queue_init(module, st) < 0)
         return -1;
     return 0;
 }

@@ -124,12 +124,12 @@ int mp_semlock_release(PyObject *obj);
 
 /* ---- one init per concept, called in order by module.c ---- */
 int mp_spawn_init(PyObject *module, mp_state *st);
-int mp_semaphore_init(PyObject *module, mp_state *st);
-int mp_queue_init(PyObject *module, mp_state *st);
 int mp_heap_init(PyObject *module, mp_state *st);
 int mp_shm_init(PyObject *module, mp_state *st);
 int mp_connection_init(PyObject *module, mp_state *st);
 int mp_wait_init(PyObject *module, mp_state *st);
 int mp_fdpass_init(PyObject *module, mp_state *st);
+int mp_semaphore_init(PyObject *module, mp_state *st);
+int mp_queue_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */

@@ -454,6 +454,10 @@ class SimpleQueue(object):
     def __init__(self, *, ctx=None):
         if ctx is None:
             ctx = context._default_context.get_context()
+        if 'concurrent.futures.process' in sys.modules:
+            # The stdlib's ProcessPoolExecutor makes its result queue here.
+            from .futures import _check_stdlib_executor
+            _check_stdlib_executor(ctx, sys._getframe(1))
         self._reader, self._writer = _pipe()
         self._rlock = ctx.Lock()
         self._wlock = ctx.Lock()

@@ -19,8 +19,6 @@ STDLIB_SUBMODULES = sorted(
 # must shrink: a test fails when one of them appears, so it is taken off.
 NOT_YET = {
     'forkserver': 'issue 8', 'popen_forkserver': 'issue 8',
-    'managers': 'issue 9',
-    'pool': 'issue 10', 'dummy': 'issue 10',
 }
 
 # Names still missing from submodules we have, likewise shrinking.

@@ -96,6 +96,32 @@ def body():
     del a, v
 check(body, 500)
 ''',
+    'manager_proxies': '''
+if __name__ == '__main__':
+    m = mp.get_context('fork').Manager()
+    d = m.dict()
+    def body():
+        inner = m.list([1, 2])
+        d['k'] = inner
+        del inner
+        assert d['k'][1] == 2
+        for _ in iter(d):
+            pass
+        q = m.Queue()
+        q.put(d['k'])
+        q.get()
+    check(body, 150)
+    del d
+    assert m._number_of_objects() == 0, m._debug_info()
+    m.shutdown()
+''',
+    'managers': '''
+if __name__ == '__main__':
+    def body():
+        with mp.get_context('fork').Manager() as m:
+            m.list([1]).append(2)
+    check(body, 10, warmup=2)
+''',
     'processes': '''
 def f():
     pass

@@ -1,0 +1,1789 @@
+"""Managers: a server process that owns Python objects, and proxies through
+which other processes (local or remote) use them.
+
+How the pieces talk
+-------------------
+Every message is a tuple sent with the connection's send()/recv():
+a request is ``(ident, methodname, args, kwds)`` and a reply is
+``(kind, value)`` where kind is '#RETURN', '#PROXY', '#ERROR', '#TRACEBACK'
+or '#UNSERIALIZABLE' (see convert_to_error).  ``ident`` None addresses the
+server itself (create, incref, decref, ...).
+
+Each thread of a client process keeps one connection per manager address
+(BaseProxy._address_to_local).  The server gives that connection a thread
+of its own, which runs both method calls on shared objects and the
+server's own calls, so creating an object, counting references and calling
+methods all share one authenticated connection instead of opening a new
+one each time.  Dropping a reference ('#DECREF') needs no reply, so a
+finalizer may send it at any moment without disturbing a call in flight.
+
+Reference counting
+------------------
+The server counts, per object, the proxies that hold it.  A proxy takes a
+reference when made (or adopts the one `create` hands out) and a
+finalizer gives it back when the proxy dies.  When the server itself
+pickles a proxy to one of its objects (a managed list inside a managed
+dict, going back to a client) it lends the receiver a reference first,
+under a key the receiver claims when unpickling, so the object cannot
+vanish between the reply and the claim.  Inside the server process,
+proxies to the server's own objects call it directly, without a socket.
+
+A proxy that was pickled or inherited by fork may have a twin in another
+process that has not taken its reference yet (``Process(target=f,
+args=(manager.dict(),)).start()`` drops the parent's proxy at once).  Its
+last reference is therefore given back with '#DECREF_LATER': the object
+stays, uncounted, for a grace period (_GRACE seconds) in which a late
+incref revives it, and is freed after that.
+
+Objects that hold each other only through proxies (a list appended to
+itself) never reach zero; a tracing pass over what the shared objects
+contain finds and frees them (Server._collect_cycles).
+"""
+import array
+import collections
+import copyreg
+import errno
+import gc
+import io
+import itertools
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import types
+import weakref
+from traceback import format_exc
+
+from . import connection
+from . import process
+from . import reduction
+from . import util
+from .context import ProcessError, get_spawning_popen
+
+__all__ = ['BaseManager', 'SyncManager', 'BaseProxy', 'Token',
+           'SharedMemoryManager']
+
+_HAVE_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
+
+# Seconds a shared object whose last proxy went away survives if that proxy
+# may have a twin elsewhere still to take its reference (see above).
+_GRACE = 30.0
+
+# Bumped before every fork: a proxy made before the latest fork may have
+# been inherited by a child.
+_fork_epoch = [0]
+
+
+def _count_fork():
+    _fork_epoch[0] += 1
+
+
+os.register_at_fork(before=_count_fork)
+
+# ---------------------------------------------------------------------------
+# Pickling helpers: dict views travel as lists, arrays compactly.
+
+
+def reduce_array(a):
+    return array.array, (a.typecode, a.tobytes())
+
+
+reduction.register(array.array, reduce_array)
+
+
+def rebuild_as_list(obj):
+    return list, (list(obj),)
+
+
+for _view in (type({}.items()), type({}.keys()), type({}.values())):
+    reduction.register(_view, rebuild_as_list)
+del _view
+
+# The package's pickler without its per-call cost: ForkingPickler copies
+# the dispatch table for every message, this one reads it in place.
+_dispatch_table = collections.ChainMap(
+    reduction.ForkingPickler._extra_reducers, copyreg.dispatch_table)
+
+
+class _Pickler(pickle.Pickler):
+    dispatch_table = _dispatch_table
+
+
+def _fresh_dumps(obj):
+    buf = io.BytesIO()
+    _Pickler(buf).dump(obj)
+    return buf.getbuffer()
+
+
+# Each thread reuses one pickler and buffer for its messages.
+_pickling = threading.local()
+
+
+def _dumps(obj):
+    try:
+        state = _pickling.state
+    except AttributeError:
+        buf = io.BytesIO()
+        state = _pickling.state = [buf, _Pickler(buf), False]
+    buf, pickler, busy = state
+    if busy:
+        # Called again while pickling (a __reduce__ that uses a proxy).
+        return _fresh_dumps(obj)
+    state[2] = True
+    try:
+        pickler.dump(obj)
+        return buf.getvalue()
+    finally:
+        # The memo refers to what was pickled: let it go now.
+        pickler.clear_memo()
+        buf.seek(0)
+        buf.truncate()
+        state[2] = False
+
+
+_loads = pickle.loads
+
+# ---------------------------------------------------------------------------
+# Tokens, errors and the request helper.
+
+
+class Token:
+    """Names one shared object: its type id, its manager's address and its
+    id inside that manager."""
+
+    __slots__ = ('typeid', 'address', 'id')
+
+    def __init__(self, typeid, address, id):
+        self.typeid = typeid
+        self.address = address
+        self.id = id
+
+    def __getstate__(self):
+        return (self.typeid, self.address, self.id)
+
+    def __setstate__(self, state):
+        self.typeid, self.address, self.id = state
+
+    def __repr__(self):
+        return '%s(typeid=%r, address=%r, id=%r)' % (
+            type(self).__name__, self.typeid, self.address, self.id)
+
+
+class RemoteError(Exception):
+    """An error inside the manager's process, carrying its traceback."""
+
+    def __str__(self):
+        rule = '-' * 75
+        return '\n%s\n%s%s' % (rule, self.args[0], rule)
+
+
+def convert_to_error(kind, result):
+    """Turn an error reply into the exception to raise."""
+    if kind == '#ERROR':
+        return result
+    if kind in ('#TRACEBACK', '#UNSERIALIZABLE'):
+        if not isinstance(result, str):
+            raise TypeError(
+                "Result {0!r} (kind '{1}') type is {2}, not str".format(
+                    result, kind, type(result)))
+        if kind == '#UNSERIALIZABLE':
+            return RemoteError('Unserializable message: %s\n' % result)
+        return RemoteError(result)
+    return ValueError('Unrecognized message type {!r}'.format(kind))
+
+
+def dispatch(c, id, methodname, args=(), kwds={}):
+    """Send one request over connection `c` and return its result."""
+    c.send((id, methodname, args, kwds))
+    kind, result = c.recv()
+    if kind == '#RETURN':
+        return result
+    raise convert_to_error(kind, result)
+
+
+def all_methods(obj):
+    """Names of the callable attributes of `obj`."""
+    names = []
+    for name in dir(obj):
+        if callable(getattr(obj, name, None)):
+            names.append(name)
+    return names
+
+
+def public_methods(obj):
+    """Names of the callable attributes of `obj` not starting with '_'."""
+    return [name for name in all_methods(obj) if name[0] != '_']
+
+
+class State:
+    """Where a manager is in its life."""
+    __slots__ = ['value']
+    INITIAL = 0
+    STARTED = 1
+    SHUTDOWN = 2
+
+
+# ---------------------------------------------------------------------------
+# Per-thread connections to a manager.
+
+
+def _thread_state(address):
+    """Return (tls, idset) for `address`, shared by every proxy and manager
+    of this process that talks to it."""
+    entry = BaseProxy._address_to_local.get(address)
+    if entry is None:
+        with BaseProxy._mutex:
+            entry = BaseProxy._address_to_local.get(address)
+            if entry is None:
+                entry = (util.ForkAwareLocal(), ProcessLocalSet())
+                BaseProxy._address_to_local[address] = entry
+    return entry
+
+
+def _open_connection(tls, address, authkey, Client):
+    """Connect this thread to the manager at `address` and return the
+    connection, now served by a thread of its own in the server."""
+    name = process.current_process().name
+    tname = threading.current_thread().name
+    if tname != 'MainThread':
+        name += '|' + tname
+    conn = Client(address, authkey=authkey)
+    try:
+        dispatch(conn, None, 'accept_connection', (name,))
+    except BaseException:
+        conn.close()
+        raise
+    tls.connection = conn
+    return conn
+
+
+def _drop_connection(tls, conn):
+    # After a failed exchange the stream's state is unknown (a reply may
+    # still be on its way): never reuse it.
+    if isinstance(conn, _LocalConnection):
+        return
+    if getattr(tls, 'connection', None) is conn:
+        del tls.connection
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
+def _call_server(address, authkey, Client, methodname, args=(), kwds={}):
+    """Call one of the server's own methods over this thread's connection."""
+    tls = _thread_state(address)[0]
+    try:
+        conn = tls.connection
+    except AttributeError:
+        conn = _open_connection(tls, address, authkey, Client)
+    try:
+        conn.send((None, methodname, args, kwds))
+        kind, result = conn.recv()
+    except BaseException:
+        _drop_connection(tls, conn)
+        raise
+    if kind == '#RETURN':
+        return result
+    raise convert_to_error(kind, result)
+
+
+def _asks_shutdown(request):
+    return (isinstance(request, (tuple, list)) and len(request) == 4
+            and request[0] is None and request[1] == 'shutdown')
+
+
+class _LocalConnection:
+    """Stands in for a socket inside the server process: a request is served
+    at once in the calling thread.  Requests and replies still go through
+    pickle, so callers see copies, exactly as over a real connection."""
+
+    def __init__(self, server):
+        self._server = server
+        self._replies = threading.local()
+
+    def send_bytes(self, buf):
+        reply = self._server._serve_one(self, _loads(buf))
+        if reply is not None:
+            try:
+                data = _dumps(reply)
+            except Exception:
+                data = _dumps(('#UNSERIALIZABLE', format_exc()))
+            self._replies.value = data
+
+    def recv_bytes(self):
+        data = self._replies.value
+        del self._replies.value
+        return data
+
+    def send(self, obj):
+        self.send_bytes(_dumps(obj))
+
+    def recv(self):
+        return _loads(self.recv_bytes())
+
+    def close(self):
+        pass
+
+
+class _LocalTls:
+    # What a thread-local slot looks like, for the server's own address.
+    def __init__(self, server):
+        self.connection = _LocalConnection(server)
+
+
+# ---------------------------------------------------------------------------
+# The server.
+
+
+class Server:
+    """Owns the shared objects and serves the connections of clients, one
+    thread per connection."""
+
+    public = ['shutdown', 'create', 'accept_connection', 'get_methods',
+              'debug_info', 'number_of_objects', 'dummy', 'incref',
+              'decref', 'lend', 'claim']
+
+    def __init__(self, registry, address, authkey, serializer):
+        if not isinstance(authkey, bytes):
+            raise TypeError(
+                "Authkey {0!r} is type {1!s}, not bytes".format(
+                    authkey, type(authkey)))
+        self.registry = registry
+        self.authkey = process.AuthenticationString(authkey)
+        self._serializer = serializer
+        Listener, Client = _listener_client(serializer)
+        # A deep backlog: many clients may connect at the same moment.
+        self.listener = Listener(address=address, backlog=128)
+        self.address = self.listener.address
+        self.id_to_obj = {}
+        self.id_to_refcount = {}
+        self.id_to_local_proxy_obj = {}
+        self.loans = {}
+        self._loan_counter = itertools.count(1)
+        self.stop_event = threading.Event()
+        self.mutex = threading.Lock()
+        # Proxies in this process that hold references to our objects (a
+        # list inside a managed dict): the only way cycles can form.
+        self._local_proxies = weakref.WeakSet()
+        self._decrefs = 0
+        self._collect_lock = threading.Lock()
+        # ident -> monotonic deadline: released objects in their grace period.
+        self._dying = {}
+
+    # -- running ---------------------------------------------------------
+
+    def serve_forever(self):
+        """Serve until a client asks for shutdown, then exit the process."""
+        me = process.current_process()
+        me._manager_server = self
+        # Proxies to our own objects, made in this process, call us directly
+        # (but not in a child forked from here: it holds a mere copy).
+        BaseProxy._address_to_local[self.address] = (
+            _LocalTls(self), ProcessLocalSet())
+        util.register_after_fork(self, Server._forget_in_child)
+        try:
+            accepter = threading.Thread(target=self.accepter, daemon=True)
+            accepter.start()
+            try:
+                interval = 5.0
+                while not self.stop_event.wait(self._next_wakeup(interval)):
+                    self._expire()
+                    if self._decrefs:
+                        took = self._collect_cycles()[0]
+                        # Never spend more than a few percent of the time.
+                        interval = max(5.0, 30 * took)
+            except (KeyboardInterrupt, SystemExit):
+                pass
+        finally:
+            try:
+                self.listener.close()
+            except Exception:
+                pass
+            sys.exit(0)
+
+    def _forget_in_child(self):
+        entry = BaseProxy._address_to_local.get(self.address)
+        if entry is not None and type(entry[0]) is _LocalTls:
+            del BaseProxy._address_to_local[self.address]
+        me = process.current_process()
+        if getattr(me, '_manager_server', None) is self:
+            del me._manager_server
+
+    def accepter(self):
+        while not self.stop_event.is_set():
+            try:
+                c = self.listener.accept()
+            except OSError as e:
+                if self.stop_event.is_set() or e.errno in (errno.EBADF,
+                                                           errno.EINVAL):
+                    return          # the listener was closed
+                # Out of fds, or a client that left before we took it.
+                time.sleep(0.01)
+                continue
+            t = threading.Thread(target=self.handle_request, args=(c,),
+                                 daemon=True)
+            t.start()
+
+    def handle_request(self, conn):
+        """Authenticate a new connection, then serve its first request (and,
+        after 'accept_connection', all the others)."""
+        try:
+            connection.deliver_challenge(conn, self.authkey)
+            connection.answer_challenge(conn, self.authkey)
+        except Exception as e:
+            # A wrong key or a client that went away: drop only this one.
+            util.debug('manager: rejected a connection: %r', e)
+            conn.close()
+            return
+        self._handle_request(conn)
+
+    def _handle_request(self, conn):
+        methodname = None
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            conn.close()
+            return
+        except Exception:
+            reply = ('#TRACEBACK', format_exc())
+        else:
+            try:
+                ignored, methodname, args, kwds = request
+            except Exception:
+                reply = ('#TRACEBACK', 'malformed request %r\n' % (request,))
+            else:
+                reply = self._control(conn, methodname, args, kwds)
+        try:
+            conn.send(reply)
+        except Exception:
+            conn.close()
+            return
+        if methodname == 'shutdown':
+            self.stop_event.set()
+        elif methodname == 'accept_connection' and reply[0] == '#RETURN':
+            self.serve_client(conn)
+            return
+        conn.close()
+
+    def _control(self, conn, methodname, args, kwds):
+        # One of the server's own methods, as a reply.
+        if methodname not in self.public:
+            return ('#TRACEBACK',
+                    'manager has no method %r (known: %s)\n'
+                    % (methodname, ', '.join(self.public)))
+        try:
+            return ('#RETURN', getattr(self, methodname)(conn, *args, **kwds))
+        except Exception:
+            return ('#TRACEBACK', format_exc())
+
+    def serve_client(self, conn):
+        """Serve requests on `conn` until the client goes away."""
+        if self._serializer == 'pickle':
+            recv_bytes = conn.recv_bytes
+            send_bytes = conn.send_bytes
+
+            def recv():
+                return _loads(recv_bytes())
+
+            def send(obj):
+                send_bytes(_dumps(obj))
+        else:
+            recv = conn.recv
+            send = conn.send
+        id_to_obj = self.id_to_obj
+        while True:
+            try:
+                request = recv()
+            except (EOFError, OSError):
+                break
+            except Exception:
+                # An undecodable request: say so and carry on.
+                request = (None, None, (), {})
+                reply = ('#TRACEBACK', format_exc())
+            else:
+                # The common case (a method of a shared object) inline.
+                try:
+                    ident, methodname, args, kwds = request
+                    obj, exposed, gettypeid = id_to_obj[ident]
+                    function = (getattr(obj, methodname)
+                                if methodname in exposed else None)
+                except Exception:
+                    function = None
+                if function is None:
+                    # Anything else (the server's own methods, '#DECREF',
+                    # fallbacks, errors), outside the except clause so that
+                    # tracebacks do not show the fast path's miss.  Drop
+                    # our hold on the object first: this may be its DECREF.
+                    obj = None
+                    reply = self._serve_one(conn, request)
+                    if reply is None:
+                        request = None
+                        continue
+                else:
+                    try:
+                        res = function(*args, **kwds)
+                    except Exception as e:
+                        reply = ('#ERROR', e)
+                    else:
+                        typeid = gettypeid and gettypeid.get(methodname)
+                        if typeid:
+                            reply = self._proxy_reply(conn, typeid, res)
+                        else:
+                            reply = ('#RETURN', res)
+            try:
+                send(reply)
+            except OSError:
+                break
+            except Exception:
+                # The result could not be pickled: tell the client.
+                try:
+                    send(('#UNSERIALIZABLE', format_exc()))
+                except Exception:
+                    break
+            if reply[0] == '#RETURN' and _asks_shutdown(request):
+                self.stop_event.set()
+            # Hold nothing between requests: a freed object must really go.
+            request = reply = obj = function = res = args = kwds = None
+        conn.close()
+
+    def _serve_one(self, conn, request):
+        """Serve one request and return its reply (None for '#DECREF')."""
+        try:
+            ident, methodname, args, kwds = request
+        except Exception:
+            return ('#TRACEBACK', 'malformed request %r\n' % (request,))
+        if methodname == '#DECREF' or methodname == '#DECREF_LATER':
+            try:
+                self._release(ident, methodname == '#DECREF_LATER')
+            except Exception as e:
+                util.debug('manager: decref of %r failed: %r', ident, e)
+            return None
+        if ident is None:
+            reply = self._control(conn, methodname, args, kwds)
+            if methodname == 'shutdown' and isinstance(conn,
+                                                        _LocalConnection):
+                self.stop_event.set()
+            return reply
+        try:
+            obj, exposed, gettypeid = self.id_to_obj[ident]
+        except (KeyError, TypeError):
+            return ('#TRACEBACK',
+                    'no shared object with id %r: it was freed when its '
+                    'last proxy went away\n' % (ident,))
+        if methodname not in exposed:
+            fallback = self.fallback_mapping.get(methodname)
+            if fallback is None:
+                return ('#TRACEBACK',
+                        'method %r of %r object is not in exposed=%r\n'
+                        % (methodname, type(obj).__name__,
+                           tuple(sorted(exposed))))
+            try:
+                return ('#RETURN', fallback(self, conn, ident, obj))
+            except Exception:
+                return ('#TRACEBACK', format_exc())
+        try:
+            res = getattr(obj, methodname)(*args, **kwds)
+        except Exception as e:
+            return ('#ERROR', e)
+        typeid = gettypeid and gettypeid.get(methodname)
+        if typeid:
+            return self._proxy_reply(conn, typeid, res)
+        return ('#RETURN', res)
+
+    def _proxy_reply(self, conn, typeid, res):
+        # A method whose result is shared rather than copied.
+        try:
+            rident, rexposed = self.create(conn, typeid, res)
+        except Exception:
+            return ('#TRACEBACK', format_exc())
+        return ('#PROXY', (rexposed, Token(typeid, self.address, rident)))
+
+    def fallback_getvalue(self, conn, ident, obj):
+        return obj
+
+    def fallback_str(self, conn, ident, obj):
+        return str(obj)
+
+    def fallback_repr(self, conn, ident, obj):
+        return repr(obj)
+
+    fallback_mapping = {
+        '__str__': fallback_str,
+        '__repr__': fallback_repr,
+        '#GETVALUE': fallback_getvalue,
+    }
+
+    # -- the server's own methods (the first argument is the connection) --
+
+    def dummy(self, c):
+        pass
+
+    def accept_connection(self, c, name):
+        threading.current_thread().name = name
+
+    def shutdown(self, c):
+        # The caller replies, then stops the server.
+        util.debug('manager received shutdown message')
+
+    def create(self, c, typeid, /, *args, **kwds):
+        """Make a new shared object of `typeid`; return (ident, exposed),
+        with one reference held for the caller."""
+        try:
+            callable, exposed, method_to_typeid, proxytype = \
+                self.registry[typeid]
+        except KeyError:
+            raise KeyError('typeid %r is not registered with this manager'
+                           % (typeid,)) from None
+        if callable is None:
+            if kwds or len(args) != 1:
+                raise ValueError(
+                    'Without callable, must have one non-keyword argument')
+            obj = args[0]
+        else:
+            obj = callable(*args, **kwds)
+        if exposed is None:
+            exposed = public_methods(obj)
+        if method_to_typeid is not None:
+            if not isinstance(method_to_typeid, dict):
+                raise TypeError(
+                    'Method_to_typeid {0!r}: type {1!s}, not dict'.format(
+                        method_to_typeid, type(method_to_typeid)))
+            exposed = list(exposed) + list(method_to_typeid)
+        exposed = tuple(exposed)
+        ident = '%x' % id(obj)
+        with self.mutex:
+            if ident in self.id_to_refcount and \
+                    self.id_to_obj[ident][0] is obj:
+                # The same object handed out again (a callable returning a
+                # global): one more reference.
+                self.id_to_refcount[ident] += 1
+            else:
+                self._dying.pop(ident, None)
+                self.id_to_refcount[ident] = 1
+            self.id_to_obj[ident] = (obj, frozenset(exposed),
+                                     method_to_typeid)
+        return ident, exposed
+
+    def get_methods(self, c, token):
+        return tuple(sorted(self.id_to_obj[token.id][1]))
+
+    def _add_ref(self, ident):
+        # With the mutex held.  An object in its grace period comes back.
+        try:
+            self.id_to_refcount[ident] += 1
+        except KeyError:
+            if self._dying.pop(ident, None) is None:
+                raise KeyError('no shared object with id %r (already freed)'
+                               % (ident,)) from None
+            self.id_to_refcount[ident] = 1
+
+    def incref(self, c, ident):
+        with self.mutex:
+            self._add_ref(ident)
+
+    def decref(self, c, ident):
+        self._release(ident, False)
+
+    def _release(self, ident, later):
+        """Drop one reference; at zero free the object, or with `later`
+        keep it for the grace period."""
+        with self.mutex:
+            count = self.id_to_refcount.get(ident)
+            if count is None:
+                return
+            if count > 1:
+                self.id_to_refcount[ident] = count - 1
+                return
+            del self.id_to_refcount[ident]
+            self._decrefs += 1
+            if later:
+                self._dying[ident] = time.monotonic() + _GRACE
+                return
+            entry = self.id_to_obj.pop(ident, None)
+            self.id_to_local_proxy_obj.pop(ident, None)
+        # Dropped outside the lock: freeing it may release proxies it holds,
+        # which come back here.
+        del entry
+
+    def _next_wakeup(self, interval):
+        if not self._dying:
+            return interval
+        soonest = min(self._dying.values()) - time.monotonic()
+        return min(interval, max(soonest, 0.05))
+
+    def _expire(self):
+        """Free the released objects whose grace period is over."""
+        now = time.monotonic()
+        dropped = []
+        with self.mutex:
+            for ident, deadline in list(self._dying.items()):
+                if deadline <= now:
+                    del self._dying[ident]
+                    dropped.append(self.id_to_obj.pop(ident, None))
+                    self.id_to_local_proxy_obj.pop(ident, None)
+        del dropped
+
+    def lend(self, c, ident):
+        """Take a reference for whoever unpickles a proxy being pickled
+        now; return the key under which they claim it."""
+        with self.mutex:
+            self._add_ref(ident)
+            key = next(self._loan_counter)
+            self.loans[key] = ident
+        return key
+
+    def claim(self, c, ident, key):
+        """Adopt a lent reference, or take a new one if it was claimed."""
+        with self.mutex:
+            if self.loans.get(key) == ident:
+                del self.loans[key]
+                return
+            self._add_ref(ident)
+
+    # -- cycles ----------------------------------------------------------
+
+    # Not looked into when searching a shared object for the proxies it
+    # holds: they lead out of the data into the program.
+    _opaque = (type, types.ModuleType, types.FunctionType,
+               types.BuiltinFunctionType, types.MethodType, types.CodeType,
+               types.FrameType, weakref.ref, threading.Thread)
+
+    def _proxies_inside(self, obj, local_ids):
+        """The idents that proxies held inside `obj` refer to."""
+        found = []
+        seen = {id(obj)}
+        stack = [obj]
+        opaque = self._opaque
+        while stack:
+            for ref in gc.get_referents(stack.pop()):
+                if id(ref) in seen:
+                    continue
+                seen.add(id(ref))
+                if isinstance(ref, BaseProxy):
+                    if id(ref) in local_ids:
+                        found.append((id(ref), ref._id))
+                elif gc.is_tracked(ref) and not isinstance(ref, opaque):
+                    stack.append(ref)
+        return found
+
+    def _collect_cycles(self):
+        """Free the shared objects that only other unreachable shared
+        objects refer to (a list appended to itself, two dicts holding each
+        other), as a tracing collector would.  Returns (seconds taken, the
+        number of objects alive without counting those only objects in
+        their grace period hold), or (0.0, None) when there was no pass."""
+        if not self._local_proxies or not self._collect_lock.acquire(False):
+            return 0.0, None
+        start = time.monotonic()
+        live = None
+        try:
+            self._decrefs = 0
+            local_ids = {id(p) for p in list(self._local_proxies)}
+            if not local_ids:
+                return 0.0, None
+            with self.mutex:
+                objects = {i: e[0] for i, e in self.id_to_obj.items()}
+                counts = dict(self.id_to_refcount)
+            edges = {}
+            holders = {}
+            for ident, obj in objects.items():
+                inside = self._proxies_inside(obj, local_ids)
+                edges[ident] = [target for _, target in inside]
+                holders.update(inside)
+            # References held from inside shared objects, one per proxy.
+            internal = collections.Counter(holders.values())
+            dying = set(self._dying)
+            reachable = [i for i in objects
+                         if counts.get(i, 0) > internal.get(i, 0)
+                         or i in dying]
+            marked = set(reachable)
+            while reachable:
+                for target in edges.get(reachable.pop(), ()):
+                    if target not in marked:
+                        marked.add(target)
+                        reachable.append(target)
+            garbage = [i for i in objects if i not in marked]
+            # Again from the roots that are not in their grace period.
+            roots = [i for i in objects if i not in dying
+                     and counts.get(i, 0) > internal.get(i, 0)]
+            held = set(roots)
+            while roots:
+                for target in edges.get(roots.pop(), ()):
+                    if target not in held and target not in dying:
+                        held.add(target)
+                        roots.append(target)
+            live = len(held)
+            dropped = []
+            with self.mutex:
+                # Anything that changed meanwhile was in use: skip this round.
+                if all(self.id_to_refcount.get(i) == counts.get(i)
+                       and i not in self._dying for i in garbage):
+                    for i in garbage:
+                        del self.id_to_refcount[i]
+                        dropped.append(self.id_to_obj.pop(i))
+                        self.id_to_local_proxy_obj.pop(i, None)
+            if dropped:
+                util.debug('manager freed %d shared objects in cycles',
+                           len(dropped))
+            del objects, dropped, holders
+        finally:
+            self._collect_lock.release()
+        return time.monotonic() - start, live
+
+    def number_of_objects(self, c):
+        live = self._collect_cycles()[1]
+        return len(self.id_to_refcount) if live is None else live
+
+    def debug_info(self, c):
+        self._collect_cycles()
+        with self.mutex:
+            items = sorted(self.id_to_refcount.items())
+            lines = []
+            for ident, count in items:
+                obj = self.id_to_obj[ident][0]
+                lines.append('  %s:       refcount=%s\n    %s'
+                             % (ident, count, str(obj)[:75]))
+            now = time.monotonic()
+            for ident, deadline in sorted(self._dying.items()):
+                obj = self.id_to_obj[ident][0]
+                lines.append('  %s:       released, freed in %.1fs\n    %s'
+                             % (ident, deadline - now, str(obj)[:75]))
+        return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Managers.
+
+
+def _listener_client(serializer):
+    try:
+        return listener_client[serializer]
+    except KeyError:
+        raise ValueError('unknown serializer %r: use one of %s'
+                         % (serializer, sorted(listener_client))) from None
+
+
+class BaseManager:
+    """Starts (or connects to) a manager server and makes proxies to the
+    objects it holds; subclasses register what it can make."""
+
+    _registry = {}
+    _Server = Server
+
+    if _HAVE_SHUTDOWN_TIMEOUT:
+        def __init__(self, address=None, authkey=None, serializer='pickle',
+                     ctx=None, *, shutdown_timeout=1.0):
+            self._setup(address, authkey, serializer, ctx, shutdown_timeout)
+    else:
+        def __init__(self, address=None, authkey=None, serializer='pickle',
+                     ctx=None):
+            self._setup(address, authkey, serializer, ctx, 1.0)
+
+    def _setup(self, address, authkey, serializer, ctx, shutdown_timeout):
+        if authkey is None:
+            authkey = process.current_process().authkey
+        self._address = address
+        self._authkey = process.AuthenticationString(authkey)
+        self._state = State()
+        self._state.value = State.INITIAL
+        self._serializer = serializer
+        self._Listener, self._Client = _listener_client(serializer)
+        if ctx is None:
+            from . import get_context
+            ctx = get_context()
+        self._ctx = ctx
+        self._shutdown_timeout = shutdown_timeout
+        self._process = None
+
+    def _check_initial(self):
+        if self._state.value == State.STARTED:
+            raise ProcessError("Already started server")
+        if self._state.value == State.SHUTDOWN:
+            raise ProcessError("Manager has shut down")
+        if self._state.value != State.INITIAL:
+            raise ProcessError("Unknown state {!r}".format(self._state.value))
+
+    def get_server(self):
+        """Return a Server for this manager, to run with serve_forever()."""
+        self._check_initial()
+        return self._Server(self._registry, self._address, self._authkey,
+                            self._serializer)
+
+    def connect(self):
+        """Connect to a manager server already running at `address`."""
+        # A fresh connection, so that a wrong authkey is seen now.
+        conn = self._Client(self._address, authkey=self._authkey)
+        try:
+            dispatch(conn, None, 'dummy')
+        finally:
+            conn.close()
+        self._state.value = State.STARTED
+
+    def start(self, initializer=None, initargs=()):
+        """Start a server process for this manager."""
+        self._check_initial()
+        if initializer is not None and not callable(initializer):
+            raise TypeError('initializer must be a callable')
+        reader, writer = connection.Pipe(duplex=False)
+        self._process = self._ctx.Process(
+            target=type(self)._run_server,
+            args=(self._registry, self._address, self._authkey,
+                  self._serializer, writer, initializer, initargs))
+        ident = ':'.join(str(i) for i in self._process._identity)
+        self._process.name = type(self).__name__ + '-' + ident
+        self._process.start()
+        writer.close()
+        try:
+            kind, value = reader.recv()
+        except EOFError:
+            self._process.join()
+            raise ProcessError('manager process exited (code %s) before '
+                               'serving' % self._process.exitcode) from None
+        finally:
+            reader.close()
+        if kind != '#RETURN':
+            self._process.join()
+            raise value
+        self._address = value
+        self._state.value = State.STARTED
+        self.shutdown = util.Finalize(
+            self, type(self)._finalize_manager,
+            args=(self._process, self._address, self._authkey, self._state,
+                  self._Client, self._shutdown_timeout),
+            exitpriority=0)
+
+    @classmethod
+    def _run_server(cls, registry, address, authkey, serializer, writer,
+                    initializer=None, initargs=()):
+        # Ctrl-C in the terminal is for the parent: it shuts us down.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if initializer is not None:
+                initializer(*initargs)
+            server = cls._Server(registry, address, authkey, serializer)
+        except Exception as e:
+            try:
+                writer.send(('#ERROR', e))
+            except Exception:
+                writer.send(('#ERROR', ProcessError(
+                    'manager failed to start: %r' % (e,))))
+            writer.close()
+            raise
+        writer.send(('#RETURN', server.address))
+        writer.close()
+        util.info('manager serving at %r', server.address)
+        server.serve_forever()
+
+    def _create(self, typeid, /, *args, **kwds):
+        """Create a shared object; return (token, exposed)."""
+        ident, exposed = _call_server(self._address, self._authkey,
+                                      self._Client, 'create',
+                                      (typeid,) + args, kwds)
+        return Token(typeid, self._address, ident), exposed
+
+    def join(self, timeout=None):
+        """Wait for the manager process to end."""
+        if self._process is not None:
+            self._process.join(timeout)
+            if not self._process.is_alive():
+                self._process = None
+
+    def _debug_info(self):
+        return _call_server(self._address, self._authkey, self._Client,
+                            'debug_info')
+
+    def _number_of_objects(self):
+        return _call_server(self._address, self._authkey, self._Client,
+                            'number_of_objects')
+
+    def __enter__(self):
+        if self._state.value == State.INITIAL:
+            self.start()
+        if self._state.value != State.STARTED:
+            raise ProcessError("Unable to start server"
+                               if self._state.value == State.INITIAL
+                               else "Manager has shut down")
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        shutdown = getattr(self, 'shutdown', None)
+        if shutdown is not None:
+            shutdown()
+
+    @staticmethod
+    def _finalize_manager(process, address, authkey, state, _Client,
+                          shutdown_timeout):
+        """Stop the manager process: ask, then terminate, then kill."""
+        if process.is_alive():
+            util.info('sending shutdown message to manager')
+            try:
+                conn = _Client(address, authkey=authkey)
+                try:
+                    dispatch(conn, None, 'shutdown')
+                finally:
+                    conn.close()
+            except Exception:
+                pass
+            process.join(timeout=shutdown_timeout)
+            if process.is_alive():
+                util.info('manager still alive')
+                process.terminate()
+                process.join(timeout=shutdown_timeout)
+                if process.is_alive():
+                    util.info('manager still alive after terminate')
+                    process.kill()
+                    process.join()
+        state.value = State.SHUTDOWN
+        entry = BaseProxy._address_to_local.pop(address, None)
+        if entry is not None:
+            conn = getattr(entry[0], 'connection', None)
+            if conn is not None:
+                _drop_connection(entry[0], conn)
+
+    @property
+    def address(self):
+        return self._address
+
+    @classmethod
+    def register(cls, typeid, callable=None, proxytype=None, exposed=None,
+                 method_to_typeid=None, create_method=True):
+        """Register a type or callable with the manager class."""
+        if '_registry' not in cls.__dict__:
+            cls._registry = cls._registry.copy()
+        if proxytype is None:
+            proxytype = AutoProxy
+        exposed = exposed or getattr(proxytype, '_exposed_', None)
+        method_to_typeid = (method_to_typeid or
+                            getattr(proxytype, '_method_to_typeid_', None))
+        if method_to_typeid:
+            for key, value in list(method_to_typeid.items()):
+                if not isinstance(key, str) or not isinstance(value, str):
+                    raise TypeError('method_to_typeid must map str to str, '
+                                    'not %r: %r' % (key, value))
+        cls._registry[typeid] = (callable, exposed, method_to_typeid,
+                                 proxytype)
+        _proxytypes[typeid] = proxytype
+        if create_method:
+            def temp(self, /, *args, **kwds):
+                util.debug('requesting creation of a shared %r object',
+                           typeid)
+                token, exp = self._create(typeid, *args, **kwds)
+                return _adopt_proxy(proxytype, token, self._serializer,
+                                    self, self._authkey, exp)
+            temp.__name__ = typeid
+            temp.__qualname__ = cls.__qualname__ + '.' + typeid
+            setattr(cls, typeid, temp)
+
+
+# typeid -> proxytype of the latest registration, for proxies that must
+# build a proxy for a method's result without knowing their manager.
+_proxytypes = {}
+
+# ---------------------------------------------------------------------------
+# Proxies.
+
+
+class ProcessLocalSet(set):
+    """A set emptied in a forked child."""
+
+    def __init__(self):
+        util.register_after_fork(self, lambda obj: obj.clear())
+
+    def __reduce__(self):
+        return type(self), ()
+
+
+def _adopts(proxytype):
+    # Proxy types whose constructor takes incref=False: they may adopt the
+    # reference the server already took for us.
+    return proxytype is AutoProxy or (
+        isinstance(proxytype, type) and issubclass(proxytype, BaseProxy)
+        and proxytype.__init__ is BaseProxy.__init__)
+
+
+def _adopt_proxy(proxytype, token, serializer, manager, authkey, exposed):
+    """Make a proxy owning the reference the server holds for the caller."""
+    if _adopts(proxytype):
+        proxy = proxytype(token, serializer, manager=manager,
+                          authkey=authkey, exposed=exposed, incref=False)
+        proxy._hold()
+        return proxy
+    # A custom constructor: let it take its own reference, drop ours.
+    proxy = proxytype(token, serializer, manager=manager, authkey=authkey,
+                      exposed=exposed)
+    _call_server(token.address, proxy._authkey, proxy._Client, 'decref',
+                 (token.id,))
+    return proxy
+
+
+class BaseProxy:
+    """A handle on an object held by a manager; subclasses decide which
+    methods reach it (see _callmethod)."""
+
+    _address_to_local = {}
+    _mutex = util.ForkAwareThreadLock()
+
+    def __init__(self, token, serializer, manager=None, authkey=None,
+                 exposed=None, incref=True, manager_owned=False):
+        self._tls, self._idset = _thread_state(token.address)
+        self._token = token
+        self._id = token.id
+        self._manager = manager
+        self._serializer = serializer
+        self._Client = _listener_client(serializer)[1]
+        self._bytes_path = serializer == 'pickle'
+        # Set when the manager itself keeps the reference (never counted).
+        self._owned_by_manager = manager_owned
+        if authkey is not None:
+            self._authkey = process.AuthenticationString(authkey)
+        elif manager is not None:
+            self._authkey = manager._authkey
+        else:
+            server = getattr(process.current_process(), '_manager_server',
+                             None)
+            if server is not None and server.address == token.address:
+                # Unpickled by our own server: its key, not its process's.
+                self._authkey = server.authkey
+            else:
+                self._authkey = process.current_process().authkey
+        if incref:
+            self._incref()
+        util.register_after_fork(self, BaseProxy._after_fork)
+
+    def _connect(self):
+        util.debug('making connection to manager')
+        return _open_connection(self._tls, self._token.address,
+                                self._authkey, self._Client)
+
+    def _callmethod(self, methodname, args=(), kwds={}):
+        """Call `methodname` of the referent with args and kwds in the
+        manager's process and return the result (a copy, or a proxy)."""
+        tls = self._tls
+        try:
+            conn = tls.connection
+        except AttributeError:
+            conn = self._connect()
+        try:
+            if self._bytes_path:
+                conn.send_bytes(_dumps((self._id, methodname, args, kwds)))
+                kind, result = _loads(conn.recv_bytes())
+            else:
+                conn.send((self._id, methodname, args, kwds))
+                kind, result = conn.recv()
+        except BaseException:
+            _drop_connection(tls, conn)
+            raise
+        if kind == '#RETURN':
+            return result
+        if kind == '#PROXY':
+            exposed, token = result
+            token.address = self._token.address
+            return _adopt_proxy(self._proxytype_for(token.typeid), token,
+                                self._serializer, self._manager,
+                                self._authkey, exposed)
+        raise convert_to_error(kind, result)
+
+    def _proxytype_for(self, typeid):
+        if self._manager is not None:
+            entry = self._manager._registry.get(typeid)
+            if entry is not None:
+                return entry[-1]
+        server = getattr(process.current_process(), '_manager_server', None)
+        if server is not None and typeid in server.registry:
+            return server.registry[typeid][-1]
+        return _proxytypes.get(typeid, AutoProxy)
+
+    def _getvalue(self):
+        """Return a copy of the referent."""
+        return self._callmethod('#GETVALUE')
+
+    def _hold(self):
+        # Own one reference: give it back when this proxy dies or at exit.
+        self._idset.add(self._id)
+        if type(self._tls) is _LocalTls:
+            self._tls.connection._server._local_proxies.add(self)
+        state = self._manager and self._manager._state
+        # The fork epoch now; None once pickled (see _decref).
+        self._sharing = [_fork_epoch[0]]
+        self._close = util.Finalize(
+            self, BaseProxy._decref,
+            args=(self._token, self._authkey, state, self._tls, self._idset,
+                  self._Client, self._sharing),
+            exitpriority=10)
+
+    def _incref(self):
+        if self._owned_by_manager:
+            util.debug('owned_by_manager skipped INCREF of %r', self._token.id)
+            return
+        _call_server(self._token.address, self._authkey, self._Client,
+                     'incref', (self._id,))
+        util.debug('INCREF %r', self._token.id)
+        self._hold()
+
+    def _claim(self, key):
+        _call_server(self._token.address, self._authkey, self._Client,
+                     'claim', (self._id, key))
+        self._hold()
+
+    @staticmethod
+    def _decref(token, authkey, state, tls, idset, _Client, sharing=None):
+        idset.discard(token.id)
+        if state is not None and state.value != State.STARTED:
+            util.debug('manager gone: not sending DECREF of %r', token.id)
+            return
+        util.debug('DECREF %r', token.id)
+        conn = None
+        try:
+            conn = getattr(tls, 'connection', None)
+            if conn is None:
+                conn = _open_connection(tls, token.address, authkey, _Client)
+            # A twin made by pickling or fork may not hold its reference
+            # yet: then the server keeps the object a while for it.
+            later = sharing is not None and sharing[0] != _fork_epoch[0]
+            # No reply: safe even in the middle of a call on this thread.
+            conn.send((token.id, '#DECREF_LATER' if later else '#DECREF',
+                       (), {}))
+        except Exception as e:
+            util.debug('... decref failed %s', e)
+            if conn is not None:
+                _drop_connection(tls, conn)
+
+    def _after_fork(self):
+        # A forked child holds its own reference to what it inherited, over
+        # its own connections.
+        self._tls, self._idset = _thread_state(self._token.address)
+        try:
+            self._incref()
+        except Exception as e:
+            util.info('incref failed: %s' % e)
+
+    def __reduce__(self):
+        kwds = {}
+        if get_spawning_popen() is not None:
+            kwds['authkey'] = self._authkey
+        if getattr(self, '_isauto', False):
+            kwds['exposed'] = self._exposed_
+            func = AutoProxy
+        else:
+            func = type(self)
+        server = getattr(process.current_process(), '_manager_server', None)
+        if (server is not None and server.address == self._token.address
+                and not self._owned_by_manager):
+            # In the server: lend the receiver a reference, at no cost.
+            kwds['_loan'] = server.lend(None, self._id)
+        else:
+            sharing = getattr(self, '_sharing', None)
+            if sharing is not None:
+                sharing[0] = None
+        return (RebuildProxy, (func, self._token, self._serializer, kwds))
+
+    def __deepcopy__(self, memo):
+        return self._getvalue()
+
+    def __repr__(self):
+        return '<%s object, typeid %r at %#x>' % (
+            type(self).__name__, self._token.typeid, id(self))
+
+    def __str__(self):
+        """Return the representation of the referent."""
+        try:
+            return self._callmethod('__repr__')
+        except Exception:
+            return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def RebuildProxy(func, token, serializer, kwds):
+    """Make a proxy from its pickled form (see BaseProxy.__reduce__)."""
+    loan = kwds.pop('_loan', None)
+    if loan is not None:
+        if _adopts(func):
+            kwds['incref'] = False
+            proxy = func(token, serializer, **kwds)
+            proxy._claim(loan)
+            return proxy
+        proxy = func(token, serializer, **kwds)
+        authkey = proxy._authkey
+        _call_server(token.address, authkey, proxy._Client, 'claim',
+                     (token.id, loan))
+        _call_server(token.address, authkey, proxy._Client, 'decref',
+                     (token.id,))
+        return proxy
+    # Every receiver takes its own reference, a child being spawned too:
+    # its parent may drop its proxy as soon as the child is started.
+    kwds.setdefault('incref', True)
+    return func(token, serializer, **kwds)
+
+
+def MakeProxyType(name, exposed, _cache={}):
+    """Return a BaseProxy subclass whose methods `exposed` forward to the
+    referent."""
+    exposed = tuple(exposed)
+    try:
+        return _cache[(name, exposed)]
+    except KeyError:
+        pass
+    namespace = {}
+    for meth in exposed:
+        namespace[meth] = _forwarder(meth)
+    ProxyType = type(name, (BaseProxy,), namespace)
+    ProxyType._exposed_ = exposed
+    _cache[(name, exposed)] = ProxyType
+    return ProxyType
+
+
+def _forwarder(name):
+    def method(self, /, *args, **kwds):
+        return self._callmethod(name, args, kwds)
+    method.__name__ = name
+    return method
+
+
+def AutoProxy(token, serializer, manager=None, authkey=None, exposed=None,
+              incref=True, manager_owned=False):
+    """Return a proxy whose methods are those the server exposes."""
+    if authkey is None:
+        authkey = (manager._authkey if manager is not None
+                   else process.current_process().authkey)
+    if exposed is None:
+        exposed = _call_server(token.address, authkey,
+                               _listener_client(serializer)[1],
+                               'get_methods', (token,))
+    ProxyType = MakeProxyType('AutoProxy[%s]' % token.typeid, exposed)
+    proxy = ProxyType(token, serializer, manager=manager, authkey=authkey,
+                      incref=incref, manager_owned=manager_owned)
+    proxy._isauto = True
+    return proxy
+
+
+# ---------------------------------------------------------------------------
+# Types SyncManager serves.
+
+
+class Namespace:
+    """An object with writable attributes, shown by its repr."""
+
+    def __init__(self, /, **kwds):
+        self.__dict__.update(kwds)
+
+    def __repr__(self):
+        shown = sorted('%s=%r' % (k, v) for k, v in self.__dict__.items()
+                       if not k.startswith('_'))
+        return '%s(%s)' % (type(self).__name__, ', '.join(shown))
+
+
+class Value:
+    """A box with a `value` attribute (the manager's Value)."""
+
+    def __init__(self, typecode, value, lock=True):
+        self._typecode = typecode
+        self._value = value
+
+    def get(self):
+        return self._value
+
+    def set(self, value):
+        self._value = value
+
+    def __repr__(self):
+        return '%s(%r, %r)' % (type(self).__name__, self._typecode,
+                               self._value)
+
+    value = property(get, set)
+
+
+def Array(typecode, sequence, lock=True):
+    """The manager's Array: an array.array."""
+    return array.array(typecode, sequence)
+
+
+# ---------------------------------------------------------------------------
+# Proxy types.
+
+
+class IteratorProxy(BaseProxy):
+    _exposed_ = ('__next__', 'send', 'throw', 'close')
+
+    def __iter__(self):
+        return self
+
+    def __next__(self, *args):
+        return self._callmethod('__next__', args)
+
+    def send(self, *args):
+        return self._callmethod('send', args)
+
+    def throw(self, *args):
+        return self._callmethod('throw', args)
+
+    def close(self, *args):
+        return self._callmethod('close', args)
+
+
+class AcquirerProxy(BaseProxy):
+    _exposed_ = ('acquire', 'release')
+
+    def acquire(self, blocking=True, timeout=None):
+        args = (blocking,) if timeout is None else (blocking, timeout)
+        return self._callmethod('acquire', args)
+
+    def release(self):
+        return self._callmethod('release')
+
+    def __enter__(self):
+        return self._callmethod('acquire')
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        return self._callmethod('release')
+
+
+class ConditionProxy(AcquirerProxy):
+    _exposed_ = ('acquire', 'release', 'wait', 'notify', 'notify_all')
+
+    def wait(self, timeout=None):
+        return self._callmethod('wait', (timeout,))
+
+    def notify(self, n=1):
+        return self._callmethod('notify', (n,))
+
+    def notify_all(self):
+        return self._callmethod('notify_all')
+
+    def wait_for(self, predicate, timeout=None):
+        """Wait until predicate() is true or `timeout` passes; return the
+        last value of predicate()."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if deadline is None:
+                self.wait()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return result
+                self.wait(left)
+
+
+class EventProxy(BaseProxy):
+    _exposed_ = ('is_set', 'set', 'clear', 'wait')
+
+    def is_set(self):
+        return self._callmethod('is_set')
+
+    def set(self):
+        return self._callmethod('set')
+
+    def clear(self):
+        return self._callmethod('clear')
+
+    def wait(self, timeout=None):
+        return self._callmethod('wait', (timeout,))
+
+
+class BarrierProxy(BaseProxy):
+    _exposed_ = ('__getattribute__', 'wait', 'abort', 'reset')
+
+    def wait(self, timeout=None):
+        return self._callmethod('wait', (timeout,))
+
+    def abort(self):
+        return self._callmethod('abort')
+
+    def reset(self):
+        return self._callmethod('reset')
+
+    @property
+    def parties(self):
+        return self._callmethod('__getattribute__', ('parties',))
+
+    @property
+    def n_waiting(self):
+        return self._callmethod('__getattribute__', ('n_waiting',))
+
+    @property
+    def broken(self):
+        return self._callmethod('__getattribute__', ('broken',))
+
+
+class NamespaceProxy(BaseProxy):
+    """Attributes not starting with '_' live in the referent."""
+    _exposed_ = ('__getattribute__', '__setattr__', '__delattr__')
+
+    def __getattr__(self, key):
+        if key[0] == '_':
+            return object.__getattribute__(self, key)
+        return object.__getattribute__(self, '_callmethod')(
+            '__getattribute__', (key,))
+
+    def __setattr__(self, key, value):
+        if key[0] == '_':
+            return object.__setattr__(self, key, value)
+        return object.__getattribute__(self, '_callmethod')(
+            '__setattr__', (key, value))
+
+    def __delattr__(self, key):
+        if key[0] == '_':
+            return object.__delattr__(self, key)
+        return object.__getattribute__(self, '_callmethod')(
+            '__delattr__', (key,))
+
+
+class ValueProxy(BaseProxy):
+    _exposed_ = ('get', 'set')
+
+    def get(self):
+        return self._callmethod('get')
+
+    def set(self, value):
+        return self._callmethod('set', (value,))
+
+    value = property(get, set)
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+
+BaseListProxy = MakeProxyType('BaseListProxy', (
+    '__add__', '__contains__', '__delitem__', '__getitem__', '__len__',
+    '__mul__', '__reversed__', '__rmul__', '__setitem__',
+    'append', 'count', 'extend', 'index', 'insert', 'pop', 'remove',
+    'reverse', 'sort', '__imul__'))
+
+
+class ListProxy(BaseListProxy):
+    def __iadd__(self, value):
+        self._callmethod('extend', (value,))
+        return self
+
+    def __imul__(self, value):
+        self._callmethod('__imul__', (value,))
+        return self
+
+
+DictProxy = MakeProxyType('DictProxy', (
+    '__contains__', '__delitem__', '__getitem__', '__iter__', '__len__',
+    '__setitem__', 'clear', 'copy', 'get', 'items',
+    'keys', 'pop', 'popitem', 'setdefault', 'update', 'values'))
+DictProxy._method_to_typeid_ = {'__iter__': 'Iterator'}
+
+if sys.version_info >= (3, 13):
+    # Subscriptable in annotations where the running stdlib's are.
+    ListProxy.__class_getitem__ = classmethod(types.GenericAlias)
+    DictProxy.__class_getitem__ = classmethod(types.GenericAlias)
+
+ArrayProxy = MakeProxyType('ArrayProxy', (
+    '__len__', '__getitem__', '__setitem__'))
+
+BasePoolProxy = MakeProxyType('PoolProxy', (
+    'apply', 'apply_async', 'close', 'imap', 'imap_unordered', 'join',
+    'map', 'map_async', 'starmap', 'starmap_async', 'terminate'))
+BasePoolProxy._method_to_typeid_ = {
+    'apply_async': 'AsyncResult',
+    'map_async': 'AsyncResult',
+    'starmap_async': 'AsyncResult',
+    'imap': 'Iterator',
+    'imap_unordered': 'Iterator',
+}
+
+
+class PoolProxy(BasePoolProxy):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        self.terminate()
+
+
+# ---------------------------------------------------------------------------
+# SyncManager.
+
+
+class SyncManager(BaseManager):
+    """A manager serving queues, synchronization primitives, pools, lists,
+    dicts, values, arrays and namespaces (what multiprocessing.Manager()
+    returns)."""
+
+
+def _Pool(*args, **kwds):
+    # pool.py is imported by the server process only, on first use.
+    from . import pool
+    return pool.Pool(*args, **kwds)
+
+
+
+SyncManager.register('Queue', queue.Queue)
+SyncManager.register('JoinableQueue', queue.Queue)
+SyncManager.register('Event', threading.Event, EventProxy)
+SyncManager.register('Lock', threading.Lock, AcquirerProxy)
+SyncManager.register('RLock', threading.RLock, AcquirerProxy)
+SyncManager.register('Semaphore', threading.Semaphore, AcquirerProxy)
+SyncManager.register('BoundedSemaphore', threading.BoundedSemaphore,
+                     AcquirerProxy)
+SyncManager.register('Condition', threading.Condition, ConditionProxy)
+SyncManager.register('Barrier', threading.Barrier, BarrierProxy)
+SyncManager.register('Pool', _Pool, PoolProxy)
+SyncManager.register('list', list, ListProxy)
+SyncManager.register('dict', dict, DictProxy)
+SyncManager.register('Value', Value, ValueProxy)
+SyncManager.register('Array', Array, ArrayProxy)
+SyncManager.register('Namespace', Namespace, NamespaceProxy)
+
+# Types only ever returned by methods, never created directly.
+SyncManager.register('Iterator', proxytype=IteratorProxy, create_method=False)
+SyncManager.register('AsyncResult', create_method=False)
+
+# ---------------------------------------------------------------------------
+# SharedMemoryManager: a manager that owns shared memory segments and
+# unlinks them when it shuts down.
+
+try:
+    from . import shared_memory
+except ImportError:             # pragma: no cover - Linux always has it
+    HAS_SHMEM = False
+else:
+    HAS_SHMEM = True
+
+
+class _SharedMemoryTracker:
+    """The names of the segments one SharedMemoryManager answers for."""
+
+    def __init__(self, name, segment_names=()):
+        self.shared_memory_context_name = name
+        self.segment_names = list(segment_names)
+
+    def register_segment(self, segment_name):
+        util.debug('register segment %r in %s', segment_name,
+                   self.shared_memory_context_name)
+        self.segment_names.append(segment_name)
+
+    def destroy_segment(self, segment_name):
+        """Forget and unlink one segment (already gone is fine)."""
+        self.segment_names.remove(segment_name)
+        try:
+            segment = shared_memory.SharedMemory(segment_name)
+        except FileNotFoundError:
+            return
+        segment.close()
+        try:
+            segment.unlink()
+        except FileNotFoundError:
+            pass
+
+    def unlink(self):
+        for segment_name in list(self.segment_names):
+            self.destroy_segment(segment_name)
+
+    def __del__(self):
+        self.unlink()
+
+    def __getstate__(self):
+        return (self.shared_memory_context_name, self.segment_names)
+
+    def __setstate__(self, state):
+        self.__init__(*state)
+
+
+class SharedMemoryServer(Server):
+    """A Server that also tracks the segments made through its manager."""
+
+    public = Server.public + ['track_segment', 'release_segment',
+                              'list_segments']
+
+    def __init__(self, *args, **kwargs):
+        Server.__init__(self, *args, **kwargs)
+        address = self.address
+        if isinstance(address, bytes):
+            address = os.fsdecode(address)
+        self.shared_memory_context = _SharedMemoryTracker(
+            'shm_%s_%d' % (address, os.getpid()))
+
+    def create(self, c, typeid, /, *args, **kwargs):
+        # Registered types that ask for it get the segment tracker.
+        if hasattr(self.registry[typeid][-1], '_shared_memory_proxy'):
+            kwargs['shared_memory_context'] = self.shared_memory_context
+        return Server.create(self, c, typeid, *args, **kwargs)
+
+    def shutdown(self, c):
+        """Unlink every tracked segment, then stop like any server."""
+        self.shared_memory_context.unlink()
+        return Server.shutdown(self, c)
+
+    def track_segment(self, c, segment_name):
+        self.shared_memory_context.register_segment(segment_name)
+
+    def release_segment(self, c, segment_name):
+        self.shared_memory_context.destroy_segment(segment_name)
+
+    def list_segments(self, c):
+        return list(self.shared_memory_context.segment_names)
+
+
+class SharedMemoryManager(BaseManager):
+    """A manager whose SharedMemory() and ShareableList() blocks live until
+    it shuts down (then they are unlinked, whoever still has them open)."""
+
+    _Server = SharedMemoryServer
+
+    def __init__(self, *args, **kwargs):
+        # Start the resource tracker now, so that the server process
+        # shares ours: segments registered here are released there.
+        from . import resource_tracker
+        resource_tracker.ensure_running()
+        BaseManager.__init__(self, *args, **kwargs)
+        util.debug('%s created by pid %d', type(self).__name__, os.getpid())
+
+    def get_server(self):
+        """Return a SharedMemoryServer for this manager."""
+        self._check_initial()
+        return self._Server(self._registry, self._address, self._authkey,
+                            self._serializer)
+
+    def _track(self, segment_name):
+        if self._state.value != State.STARTED:
+            raise ValueError('%s is not started: call start() or connect() '
+                             'first' % type(self).__name__)
+        return _call_server(self._address, self._authkey, self._Client,
+                            'track_segment', (segment_name,))
+
+    def SharedMemory(self, size):
+        """Return a new SharedMemory block of `size` bytes, tracked by the
+        manager."""
+        if self._state.value != State.STARTED:
+            raise ValueError('%s is not started: call start() first'
+                             % type(self).__name__)
+        sms = shared_memory.SharedMemory(None, create=True, size=size)
+        try:
+            self._track(sms.name)
+        except BaseException:
+            sms.close()
+            sms.unlink()
+            raise
+        return sms
+
+    def ShareableList(self, sequence):
+        """Return a new ShareableList of `sequence`, tracked by the
+        manager."""
+        if self._state.value != State.STARTED:
+            raise ValueError('%s is not started: call start() first'
+                             % type(self).__name__)
+        sl = shared_memory.ShareableList(sequence)
+        try:
+            self._track(sl.shm.name)
+        except BaseException:
+            sl.shm.close()
+            sl.shm.unlink()
+            raise
+        return sl
+
+
+# ---------------------------------------------------------------------------
+# How each serializer listens and connects.
+
+listener_client = {
+    'pickle': (connection.Listener, connection.Client),
+    'xmlrpclib': (connection.XmlListener, connection.XmlClient),
+}
