@@ -24,6 +24,7 @@ import collections
 import os
 import select
 import struct
+import sys
 import threading
 import types
 import weakref
