@@ -32,6 +32,8 @@ mpcore_exec(PyObject *module)
         return -1;
     if (mp_queue_init(module, st) < 0)
         return -1;
+    if (mp_forkserver_init(module, st) < 0)
+        return -1;
     return 0;
 }
 

@@ -131,5 +131,6 @@ int mp_wait_init(PyObject *module, mp_state *st);
 int mp_fdpass_init(PyObject *module, mp_state *st);
 int mp_semaphore_init(PyObject *module, mp_state *st);
 int mp_queue_init(PyObject *module, mp_state *st);
+int mp_forkserver_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */

@@ -135,7 +135,9 @@ def DupFd(fd):
     file descriptor open on the same file as `fd`."""
     popen = context.get_spawning_popen()
     if popen is not None:
-        return _InheritedFd(popen.duplicate_for_child(fd))
+        # A forkserver Popen brings its own kind (fds arrive renumbered).
+        maker = getattr(popen, 'DupFd', _InheritedFd)
+        return maker(popen.duplicate_for_child(fd))
     from . import resource_sharer
     return resource_sharer.DupFd(fd)
 

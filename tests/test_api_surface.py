@@ -18,7 +18,6 @@ STDLIB_SUBMODULES = sorted(
 # Submodules still to come, each with the issue that brings it.  The list
 # must shrink: a test fails when one of them appears, so it is taken off.
 NOT_YET = {
-    'forkserver': 'issue 8', 'popen_forkserver': 'issue 8',
 }
 
 # Names still missing from submodules we have, likewise shrinking.

@@ -20,7 +20,7 @@ FACTORIES = [
 ]
 
 
-@pytest.mark.parametrize('method', ['fork', 'spawn'])
+@pytest.mark.parametrize('method', ['fork', 'spawn', 'forkserver'])
 def test_context_carries_every_factory(method):
     ctx = multiprocessing_c.get_context(method)
     for name in FACTORIES:

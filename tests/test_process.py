@@ -297,7 +297,11 @@ ForkDoubler = _make_doubler(multiprocessing_c.get_context('fork').Process)
 ForkDoubler.__qualname__ = ForkDoubler.__name__ = 'ForkDoubler'
 SpawnDoubler = _make_doubler(multiprocessing_c.get_context('spawn').Process)
 SpawnDoubler.__qualname__ = SpawnDoubler.__name__ = 'SpawnDoubler'
-ContextDoubler = {'fork': ForkDoubler, 'spawn': SpawnDoubler}
+ForkServerDoubler = _make_doubler(
+    multiprocessing_c.get_context('forkserver').Process)
+ForkServerDoubler.__qualname__ = ForkServerDoubler.__name__ = 'ForkServerDoubler'
+ContextDoubler = {'fork': ForkDoubler, 'spawn': SpawnDoubler,
+                  'forkserver': ForkServerDoubler}
 
 
 def test_repr_states(ctx):
@@ -447,8 +451,10 @@ def test_daemon_children_terminated_and_others_joined_at_exit(ctx, tmp_path):
     script = write_script(tmp_path / 'exit.py', '''
         import os, sys, time, multiprocessing_c as mp
         def daemon_child(path):
-            with open(path, 'w') as f:
+            # Atomically: the parent exits as soon as the file exists.
+            with open(path + '.tmp', 'w') as f:
                 f.write(str(os.getpid()))
+            os.replace(path + '.tmp', path)
             time.sleep(60)
         def normal_child(path):
             time.sleep(0.5)

@@ -15,7 +15,7 @@ def child():
 '''
 
 
-@pytest.mark.parametrize('method', ['fork', 'spawn'])
+@pytest.mark.parametrize('method', ['fork', 'spawn', 'forkserver'])
 def test_script_and_children_see_multiprocessing_c(tmp_path, method):
     script = write_script(tmp_path / 'prog.py', PROBE + '''
 if __name__ == '__main__':

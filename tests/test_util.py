@@ -35,7 +35,7 @@ def test_log_to_stderr_in_parent_and_spawned_child(tmp_path):
             p = mp.get_context(sys.argv[1]).Process(target=f, name='Kid')
             p.start(); p.join()
     ''')
-    for method in ('fork', 'spawn'):
+    for method in ('fork', 'spawn', 'forkserver'):
         r = run_python([script, method])
         assert r.returncode == 0, r.stderr
         assert '[INFO/MainProcess] hello from parent' in r.stderr

@@ -12,6 +12,10 @@ from threading import (Barrier, BoundedSemaphore, Condition, Event, Lock,
 from threading import current_thread as current_process
 from queue import Queue
 
+# `multiprocessing.dummy.connection` is reachable as an attribute, as with
+# the stdlib (CPython's suite reads it right after `import ...dummy`).
+from . import connection  # noqa: E402
+
 __all__ = [
     'Process', 'current_process', 'active_children', 'freeze_support',
     'Lock', 'RLock', 'Semaphore', 'BoundedSemaphore', 'Condition',
