@@ -263,7 +263,8 @@ class ApplyResult:
         self._pool = None
 
     def _set(self, i, obj):
-        self._finish(*obj)
+        if not self._event.is_set():
+            self._finish(*obj)
 
     def _start(self, i):
         # Called as its task goes to a worker: False skips the task.
@@ -610,7 +611,7 @@ class Pool:
     def _get_feeder(self):
         if self._feeder is None:
             self._feeder = _Feeder(self._dispatcher,
-                                   max(64, 4 * self._processes))
+                                   max(256, 8 * self._processes))
         return self._feeder
 
     # -- lifetime
@@ -711,7 +712,7 @@ class _Feeder:
                 if self._stopping:
                     return
                 while disp.backlog() >= self._limit and not self._stopping:
-                    time.sleep(0.002)
+                    disp.wait_for_space(self._limit // 2)
                 i += 1
                 if chunksize == 1:
                     # No chunk to unpack in the worker: one call per item.
@@ -790,6 +791,10 @@ class _ProcessDispatcher:
         os.set_blocking(self._wake_w, False)
         self._wake_pending = False
         self._fork = _start_method(ctx) == 'fork'
+        self._space = threading.Event()
+        self._space_low = -1
+        self._waitset_dirty = True
+        self._timed = False      # some worker has a deadline or lost its pipe
 
     # -- called from the pool's threads
 
@@ -809,6 +814,14 @@ class _ProcessDispatcher:
 
     def backlog(self):
         return self.taskqueue.qsize()
+
+    def wait_for_space(self, low):
+        # The feeder sleeps until the handler has drained the backlog to
+        # `low` tasks (checked after each dispatch), or briefly.
+        self._space_low = low
+        self._space.clear()
+        if self.taskqueue.qsize() > low:
+            self._space.wait(0.05)
 
     def wake(self):
         if not self._wake_pending:
@@ -870,6 +883,7 @@ class _ProcessDispatcher:
         child_conn.close()
         rec = _Worker(w, parent_conn)
         self._records.append(rec)
+        self._waitset_dirty = True
         self._workers.append(w)
         util.debug('added worker')
         return rec
@@ -896,22 +910,31 @@ class _ProcessDispatcher:
         while not self._terminating:
             self._maintain()
             self._dispatch()
+            if self._space_low >= 0 and self.taskqueue.qsize() <= self._space_low:
+                self._space_low = -1
+                self._space.set()
             if self._closing and self._idle():
                 return
-            objs = {self._wake_r: None}
-            for r in self._records:
-                if r.conn is not None and r.eof_at is None:
-                    objs[r.conn] = r
-                objs[r.sentinel] = r
-            timeout = self._next_timeout()
-            ready = wait(list(objs), timeout)
+            if self._waitset_dirty:
+                # Rebuilt only when a worker comes, goes or loses its pipe.
+                self._waitset_dirty = False
+                objs = {self._wake_r: None}
+                for r in self._records:
+                    if r.conn is not None and r.eof_at is None:
+                        objs[r.conn] = r
+                    objs[r.sentinel] = r
+                objlist = list(objs)
+            timeout = self._next_timeout() if self._timed else None
+            ready = wait(objlist, timeout)
             for obj in ready:
                 if isinstance(obj, int) and obj == self._wake_r:
-                    self._wake_pending = False
+                    # Drain, then clear: a wake() in between then writes
+                    # again rather than being swallowed.
                     try:
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
+                    self._wake_pending = False
                     continue
                 rec = objs[obj]
                 if rec not in self._records:
@@ -920,7 +943,8 @@ class _ProcessDispatcher:
                     self._on_readable(rec)
                 else:
                     self._reap(rec)
-            self._check_deadlines()
+            if self._timed:
+                self._check_deadlines()
 
     def _idle(self):
         return (not self._retry and self.taskqueue.empty()
@@ -934,6 +958,7 @@ class _ProcessDispatcher:
                 if t and (nearest is None or t < nearest):
                     nearest = t
         if nearest is None:
+            self._timed = False
             return None
         return max(0.0, nearest - now)
 
@@ -1020,9 +1045,9 @@ class _ProcessDispatcher:
             rec.ready = False
             return True
         rec.tasks.append(task)
-        if len(rec.tasks) == 1:
-            rec.deadline = (None if timeout is None
-                            else time.monotonic() + timeout)
+        if len(rec.tasks) == 1 and timeout is not None:
+            rec.deadline = time.monotonic() + timeout
+            self._timed = True
         return True
 
     def _on_readable(self, rec):
@@ -1030,6 +1055,7 @@ class _ProcessDispatcher:
             data = rec.conn.recv_bytes()
         except (EOFError, OSError):
             rec.eof_at = time.monotonic()
+            self._waitset_dirty = self._timed = True
             return
         self._on_message(rec, data)
         for depth in (1, 2):
@@ -1052,6 +1078,7 @@ class _ProcessDispatcher:
         rec.deadline = None
         if rec.tasks and rec.tasks[0][3] is not None:
             rec.deadline = time.monotonic() + rec.tasks[0][3]
+            self._timed = True
         rec.done += 1
         if self._maxtasks is not None and rec.done >= self._maxtasks:
             self._retire(rec)
@@ -1084,6 +1111,7 @@ class _ProcessDispatcher:
         exitcode = rec.process.exitcode
         pid = rec.process.pid
         self._records.remove(rec)
+        self._waitset_dirty = True
         try:
             self._workers.remove(rec.process)
         except ValueError:
@@ -1241,6 +1269,9 @@ class _ThreadDispatcher:
     def backlog(self):
         return self.taskqueue.qsize()
 
+    def wait_for_space(self, low):
+        time.sleep(0.001)
+
     def wake(self):
         pass
 
@@ -1254,13 +1285,18 @@ class _ThreadDispatcher:
     def terminate(self):
         self._terminating = True
         self.close()
-        self.join()
+        self._fail_queued()
 
     def join(self):
+        # After terminate(), a thread still inside a task cannot be
+        # stopped: it is a daemon and exits after the task; not waited for.
         me = threading.current_thread()
         for t in list(self._workers):
-            if t is not me:
+            if t is not me and not self._terminating:
                 t.join()
+        self._fail_queued()
+
+    def _fail_queued(self):
         if self._terminating or self._broken is not None:
             exc = self._broken or _terminated()
             while True:
@@ -1270,6 +1306,8 @@ class _ThreadDispatcher:
                     break
                 if task is not None:
                     task[0]._set(task[1], (False, exc))
+            for _ in self._workers:
+                self.taskqueue.put(None)     # the drain took the stops
             for result in list(self._cache.values()):
                 result._abort(exc)
 
@@ -1296,4 +1334,5 @@ class _ThreadDispatcher:
             except Exception as e:
                 obj = (False, e)
             result._set(i, obj)
-            result = obj = None
+            # Hold nothing of the task while waiting for the next one.
+            result = obj = func = args = kwds = None
