@@ -221,6 +221,9 @@ class Condition(object):
     has taken effect when it returns.
     """
 
+    # Seconds notify() waits for the waiters it woke to leave wait().
+    _notify_grace = 10.0
+
     def __init__(self, lock=None, *, ctx=None):
         ctx = _default_ctx(ctx)
         self._lock = lock or ctx.RLock()
@@ -291,9 +294,15 @@ class Condition(object):
             woke += 1
         if woke:
             # Each of them posts `_woken` as it leaves wait(), whether our
-            # signal or its own timeout ended the wait.
+            # signal or its own timeout ended the wait.  A waiter killed
+            # inside wait() never will (DESIGN.md: processes die holding
+            # things): after a grace period stop waiting for the rest, so
+            # notify() stalls once instead of hanging forever.  Its sleeper
+            # token is gone now, so later notifies do not wait for it.
+            grace = time.monotonic() + self._notify_grace
             for _ in range(woke):
-                woken.acquire()
+                if not woken.acquire(True, max(grace - time.monotonic(), 0)):
+                    break
             # A waiter that timed out left its signal unconsumed; drop it so
             # no later wait() returns spuriously.
             while signal.acquire(False):

@@ -715,6 +715,37 @@ class TestAcrossProcesses:
             _join_ok(p)
         del cond, sleeping, woken
 
+    def test_notify_survives_a_killed_waiter(self, ctx, no_sem_leak):
+        cond = ctx.Condition()
+        cond._notify_grace = 0.5
+        sleeping, woken = ctx.Semaphore(0), ctx.Semaphore(0)
+        p = ctx.Process(target=child_wait_condition,
+                        args=(cond, sleeping, woken, WAIT))
+        p.start()
+        assert sleeping.acquire(timeout=WAIT)
+        time.sleep(0.2)         # inside wait(), lock released
+        p.kill()
+        p.join(WAIT)
+        t0 = time.monotonic()
+        with cond:
+            cond.notify_all()   # must not wait forever for the dead one
+        assert time.monotonic() - t0 < 5
+        t0 = time.monotonic()
+        with cond:
+            cond.notify_all()   # and the next notify does not stall at all
+        assert time.monotonic() - t0 < 0.4
+        # A live waiter is still woken as usual.
+        p = ctx.Process(target=child_wait_condition,
+                        args=(cond, sleeping, woken, WAIT))
+        p.start()
+        assert sleeping.acquire(timeout=WAIT)
+        time.sleep(0.2)
+        with cond:
+            cond.notify()
+        assert woken.acquire(timeout=WAIT)
+        _join_ok(p)
+        del cond, sleeping, woken
+
     def test_condition_wait_timeout(self, ctx, no_sem_leak):
         cond = ctx.Condition()
         sleeping, woken = ctx.Semaphore(0), ctx.Semaphore(0)
