@@ -1404,147 +1404,136 @@ def Array(typecode, sequence, lock=True):
 # Proxy types.
 
 
-class IteratorProxy(BaseProxy):
-    _exposed_ = ('__next__', 'send', 'throw', 'close')
-
-    def __iter__(self):
-        return self
-
-    def __next__(self, *args):
-        return self._callmethod('__next__', args)
-
-    def send(self, *args):
-        return self._callmethod('send', args)
-
-    def throw(self, *args):
-        return self._callmethod('throw', args)
-
-    def close(self, *args):
-        return self._callmethod('close', args)
-
-
-class AcquirerProxy(BaseProxy):
-    _exposed_ = ('acquire', 'release')
-
-    def acquire(self, blocking=True, timeout=None):
-        args = (blocking,) if timeout is None else (blocking, timeout)
-        return self._callmethod('acquire', args)
-
-    def release(self):
-        return self._callmethod('release')
-
-    def __enter__(self):
-        return self._callmethod('acquire')
-
-    def __exit__(self, exc_type, exc_val, exc_tb):
-        return self._callmethod('release')
+def _proxy_type(name, exposed, base=BaseProxy, attributes=(), methods=None,
+                method_to_typeid=None):
+    """Build a proxy class.  Each name in `exposed` becomes a method that
+    runs on the referent (arguments pass through); each name in
+    `attributes` a read-only property fetched from it; `methods` adds or
+    overrides methods with behaviour of their own."""
+    namespace = {meth: _forwarder(meth) for meth in exposed
+                 if meth != '__getattribute__'}
+    for attr in attributes:
+        namespace[attr] = property(_attribute_getter(attr))
+    namespace.update(methods or {})
+    namespace['_exposed_'] = tuple(exposed)
+    if method_to_typeid is not None:
+        namespace['_method_to_typeid_'] = method_to_typeid
+    namespace['__module__'] = __name__
+    return type(name, (base,), namespace)
 
 
-class ConditionProxy(AcquirerProxy):
-    _exposed_ = ('acquire', 'release', 'wait', 'notify', 'notify_all')
+def _attribute_getter(attr):
+    def get(self):
+        return self._callmethod('__getattribute__', (attr,))
+    get.__name__ = attr
+    return get
 
-    def wait(self, timeout=None):
-        return self._callmethod('wait', (timeout,))
 
-    def notify(self, n=1):
-        return self._callmethod('notify', (n,))
+def _lock_acquire(self, blocking=True, timeout=None):
+    # threading's locks refuse timeout=None: send only what was given.
+    args = (blocking,) if timeout is None else (blocking, timeout)
+    return self._callmethod('acquire', args)
 
-    def notify_all(self):
-        return self._callmethod('notify_all')
 
-    def wait_for(self, predicate, timeout=None):
-        """Wait until predicate() is true or `timeout` passes; return the
-        last value of predicate()."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
+def _remote_enter(self):
+    return self._callmethod('acquire')
+
+
+def _remote_exit(self, *exc_info):
+    return self._callmethod('release')
+
+
+def _condition_wait_for(self, predicate, timeout=None):
+    """Wait until predicate() is true or `timeout` passes; return the last
+    value of predicate()."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if deadline is None:
+            self.wait()
+        else:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return result
-            if deadline is None:
-                self.wait()
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return result
-                self.wait(left)
+            self.wait(left)
 
 
-class EventProxy(BaseProxy):
-    _exposed_ = ('is_set', 'set', 'clear', 'wait')
-
-    def is_set(self):
-        return self._callmethod('is_set')
-
-    def set(self):
-        return self._callmethod('set')
-
-    def clear(self):
-        return self._callmethod('clear')
-
-    def wait(self, timeout=None):
-        return self._callmethod('wait', (timeout,))
+def _return_self(self):
+    return self
 
 
-class BarrierProxy(BaseProxy):
-    _exposed_ = ('__getattribute__', 'wait', 'abort', 'reset')
+IteratorProxy = _proxy_type(
+    'IteratorProxy', ('__next__', 'send', 'throw', 'close'),
+    methods={'__iter__': _return_self})
 
-    def wait(self, timeout=None):
-        return self._callmethod('wait', (timeout,))
+AcquirerProxy = _proxy_type(
+    'AcquirerProxy', ('acquire', 'release'),
+    methods={'acquire': _lock_acquire, '__enter__': _remote_enter,
+             '__exit__': _remote_exit})
 
-    def abort(self):
-        return self._callmethod('abort')
+ConditionProxy = _proxy_type(
+    'ConditionProxy', ('acquire', 'release', 'wait', 'notify', 'notify_all'),
+    base=AcquirerProxy,
+    methods={'acquire': _lock_acquire, 'wait_for': _condition_wait_for})
 
-    def reset(self):
-        return self._callmethod('reset')
+EventProxy = _proxy_type('EventProxy', ('is_set', 'set', 'clear', 'wait'))
 
-    @property
-    def parties(self):
-        return self._callmethod('__getattribute__', ('parties',))
-
-    @property
-    def n_waiting(self):
-        return self._callmethod('__getattribute__', ('n_waiting',))
-
-    @property
-    def broken(self):
-        return self._callmethod('__getattribute__', ('broken',))
+BarrierProxy = _proxy_type(
+    'BarrierProxy', ('__getattribute__', 'wait', 'abort', 'reset'),
+    attributes=('parties', 'n_waiting', 'broken'))
 
 
 class NamespaceProxy(BaseProxy):
-    """Attributes not starting with '_' live in the referent."""
+    """Attributes not starting with '_' live in the referent; the others
+    are the proxy's own."""
     _exposed_ = ('__getattribute__', '__setattr__', '__delattr__')
 
+    def _on_referent(self, meth, *args):
+        return object.__getattribute__(self, '_callmethod')(meth, args)
+
     def __getattr__(self, key):
-        if key[0] == '_':
+        if key.startswith('_'):
             return object.__getattribute__(self, key)
-        return object.__getattribute__(self, '_callmethod')(
-            '__getattribute__', (key,))
+        return self._on_referent('__getattribute__', key)
 
     def __setattr__(self, key, value):
-        if key[0] == '_':
-            return object.__setattr__(self, key, value)
-        return object.__getattribute__(self, '_callmethod')(
-            '__setattr__', (key, value))
+        if key.startswith('_'):
+            object.__setattr__(self, key, value)
+        else:
+            self._on_referent('__setattr__', key, value)
 
     def __delattr__(self, key):
-        if key[0] == '_':
-            return object.__delattr__(self, key)
-        return object.__getattribute__(self, '_callmethod')(
-            '__delattr__', (key,))
+        if key.startswith('_'):
+            object.__delattr__(self, key)
+        else:
+            self._on_referent('__delattr__', key)
 
 
-class ValueProxy(BaseProxy):
-    _exposed_ = ('get', 'set')
+def _value_get(self):
+    return self._callmethod('get')
 
-    def get(self):
-        return self._callmethod('get')
 
-    def set(self, value):
-        return self._callmethod('set', (value,))
+def _value_set(self, value):
+    return self._callmethod('set', (value,))
 
-    value = property(get, set)
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+ValueProxy = _proxy_type(
+    'ValueProxy', ('get', 'set'),
+    methods={'get': _value_get, 'set': _value_set,
+             'value': property(_value_get, _value_set),
+             '__class_getitem__': classmethod(types.GenericAlias)})
+
+
+def _list_iadd(self, value):
+    self._callmethod('extend', (value,))
+    return self
+
+
+def _list_imul(self, value):
+    self._callmethod('__imul__', (value,))
+    return self
 
 
 BaseListProxy = MakeProxyType('BaseListProxy', (
@@ -1553,16 +1542,11 @@ BaseListProxy = MakeProxyType('BaseListProxy', (
     'append', 'count', 'extend', 'index', 'insert', 'pop', 'remove',
     'reverse', 'sort', '__imul__'))
 
-
-class ListProxy(BaseListProxy):
-    def __iadd__(self, value):
-        self._callmethod('extend', (value,))
-        return self
-
-    def __imul__(self, value):
-        self._callmethod('__imul__', (value,))
-        return self
-
+# In-place operators change the referent, and the proxy stays the result.
+ListProxy = _proxy_type('ListProxy', (), base=BaseListProxy,
+                        methods={'__iadd__': _list_iadd,
+                                 '__imul__': _list_imul})
+del ListProxy._exposed_     # the base's exposed list is the one served
 
 DictProxy = MakeProxyType('DictProxy', (
     '__contains__', '__delitem__', '__getitem__', '__iter__', '__len__',
@@ -1590,12 +1574,15 @@ BasePoolProxy._method_to_typeid_ = {
 }
 
 
-class PoolProxy(BasePoolProxy):
-    def __enter__(self):
-        return self
+def _pool_exit(self, *exc_info):
+    # As Pool's own context manager: leaving the block terminates it.
+    self.terminate()
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
-        self.terminate()
+
+PoolProxy = _proxy_type('PoolProxy', (), base=BasePoolProxy,
+                        methods={'__enter__': _return_self,
+                                 '__exit__': _pool_exit})
+del PoolProxy._exposed_
 
 
 # ---------------------------------------------------------------------------
