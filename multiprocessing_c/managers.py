@@ -1602,26 +1602,31 @@ def _Pool(*args, **kwds):
 
 
 
-SyncManager.register('Queue', queue.Queue)
-SyncManager.register('JoinableQueue', queue.Queue)
-SyncManager.register('Event', threading.Event, EventProxy)
-SyncManager.register('Lock', threading.Lock, AcquirerProxy)
-SyncManager.register('RLock', threading.RLock, AcquirerProxy)
-SyncManager.register('Semaphore', threading.Semaphore, AcquirerProxy)
-SyncManager.register('BoundedSemaphore', threading.BoundedSemaphore,
-                     AcquirerProxy)
-SyncManager.register('Condition', threading.Condition, ConditionProxy)
-SyncManager.register('Barrier', threading.Barrier, BarrierProxy)
-SyncManager.register('Pool', _Pool, PoolProxy)
-SyncManager.register('list', list, ListProxy)
-SyncManager.register('dict', dict, DictProxy)
-SyncManager.register('Value', Value, ValueProxy)
-SyncManager.register('Array', Array, ArrayProxy)
-SyncManager.register('Namespace', Namespace, NamespaceProxy)
-
-# Types only ever returned by methods, never created directly.
-SyncManager.register('Iterator', proxytype=IteratorProxy, create_method=False)
-SyncManager.register('AsyncResult', create_method=False)
+# What SyncManager serves: typeid, the callable that makes the referent,
+# and the proxy handed out (None: an AutoProxy of the exposed methods).
+# Iterator and AsyncResult are only ever returned by methods.
+_SYNC_TYPES = (
+    ('Queue', queue.Queue, None),
+    ('JoinableQueue', queue.Queue, None),
+    ('Event', threading.Event, EventProxy),
+    ('Lock', threading.Lock, AcquirerProxy),
+    ('RLock', threading.RLock, AcquirerProxy),
+    ('Semaphore', threading.Semaphore, AcquirerProxy),
+    ('BoundedSemaphore', threading.BoundedSemaphore, AcquirerProxy),
+    ('Condition', threading.Condition, ConditionProxy),
+    ('Barrier', threading.Barrier, BarrierProxy),
+    ('Pool', _Pool, PoolProxy),
+    ('list', list, ListProxy),
+    ('dict', dict, DictProxy),
+    ('Value', Value, ValueProxy),
+    ('Array', Array, ArrayProxy),
+    ('Namespace', Namespace, NamespaceProxy),
+)
+for _typeid, _make, _proxytype in _SYNC_TYPES:
+    SyncManager.register(_typeid, _make, _proxytype)
+for _typeid, _proxytype in (('Iterator', IteratorProxy), ('AsyncResult', None)):
+    SyncManager.register(_typeid, proxytype=_proxytype, create_method=False)
+del _typeid, _make, _proxytype
 
 # ---------------------------------------------------------------------------
 # SharedMemoryManager: a manager that owns shared memory segments and

@@ -8,6 +8,7 @@ freed when the ctypes object (and anything viewing its memory) is gone.
 
 import array
 import ctypes
+import operator
 import weakref
 
 from . import heap
@@ -204,87 +205,71 @@ def rebuild_ctype(type_, wrapper, length):
 #
 
 
-# The text of the accessors make_property() gives a structure field; kept
-# as documentation of what the generated wrapper does (nothing execs it).
+# How make_property() guards a field, in words (kept because the stdlib
+# module exposes a `template`; nothing here executes it).
 template = """
-def get_%(name)s(self):
-    self.acquire()
-    try:
-        return self._obj.%(name)s
-    finally:
-        self.release()
-
-def set_%(name)s(self, value):
-    self.acquire()
-    try:
-        self._obj.%(name)s = value
-    finally:
-        self.release()
-
-%(name)s = property(get_%(name)s, set_%(name)s)
+# property %(name)s of a synchronized wrapper:
+#   read:  acquire the wrapper's lock, read obj.%(name)s, release
+#   write: acquire the wrapper's lock, set obj.%(name)s, release
 """
 
 prop_cache = {}
 
 
+def _locked(op):
+    """A wrapper method that applies op(wrapped_object, *args) while
+    holding the wrapper's lock.  acquire/release are the lock's own
+    methods bound on the wrapper: cheaper than a `with` block."""
+    def method(self, *args):
+        self.acquire()
+        try:
+            return op(self._obj, *args)
+        finally:
+            self.release()
+    return method
+
+
 def make_property(name):
     """A property reading and writing field `name` of the wrapped object
     under the wrapper's lock."""
-    try:
-        return prop_cache[name]
-    except KeyError:
-        pass
-
-    # acquire/release are the lock's own (C) methods bound on the wrapper:
-    # cheaper than entering the lock as a context manager.
-    def fget(self):
-        self.acquire()
-        try:
-            return getattr(self._obj, name)
-        finally:
-            self.release()
-
-    def fset(self, value):
-        self.acquire()
-        try:
-            setattr(self._obj, name, value)
-        finally:
-            self.release()
-
-    prop = prop_cache[name] = property(fget, fset, None,
-                                       'the locked field %r' % name)
+    prop = prop_cache.get(name)
+    if prop is None:
+        prop = prop_cache[name] = property(
+            _locked(operator.attrgetter(name)),
+            _locked(lambda obj, value: setattr(obj, name, value)),
+            None, 'the locked field %r' % name)
     return prop
 
 
 _locked_property = make_property
 
 
-class SynchronizedBase(object):
+class SynchronizedBase:
+    """A ctypes object in shared memory and the lock that guards it."""
 
     def __init__(self, obj, lock=None, ctx=None):
         self._obj = obj
-        if lock:
-            self._lock = lock
-        else:
-            self._lock = _default_context(ctx).RLock()
-        self.acquire = self._lock.acquire
-        self.release = self._lock.release
+        self._lock = lock if lock else _default_context(ctx).RLock()
+        self.acquire, self.release = self._lock.acquire, self._lock.release
 
     def __enter__(self):
-        return self._lock.__enter__()
+        return self.acquire()
 
-    def __exit__(self, *args):
-        return self._lock.__exit__(*args)
+    def __exit__(self, *exc_info):
+        self.release()
 
     def __reduce__(self):
+        # Only while starting a child: both halves travel together.
         from .context import assert_spawning
         assert_spawning(self)
         return synchronized, (self._obj, self._lock)
 
     def get_obj(self):
+        """The wrapped ctypes object (no locking)."""
         return self._obj
 
     def get_lock(self):
+        """The lock that guards the wrapped object."""
         return self._lock
 
     def __repr__(self):
@@ -295,32 +280,23 @@ class Synchronized(SynchronizedBase):
     value = _locked_property('value')
 
 
+def _get_slice(obj, start, stop):
+    return obj[start:stop]
+
+
+def _set_slice(obj, start, stop, values):
+    obj[start:stop] = values
+
+
 class SynchronizedArray(SynchronizedBase):
 
     def __len__(self):
         return len(self._obj)
 
-    def __getitem__(self, i):
-        self.acquire()
-        try:
-            return self._obj[i]
-        finally:
-            self.release()
-
-    def __setitem__(self, i, value):
-        self.acquire()
-        try:
-            self._obj[i] = value
-        finally:
-            self.release()
-
-    def __getslice__(self, start, stop):
-        with self._lock:
-            return self._obj[start:stop]
-
-    def __setslice__(self, start, stop, values):
-        with self._lock:
-            self._obj[start:stop] = values
+    __getitem__ = _locked(operator.getitem)
+    __setitem__ = _locked(operator.setitem)
+    __getslice__ = _locked(_get_slice)
+    __setslice__ = _locked(_set_slice)
 
 
 class SynchronizedString(SynchronizedArray):
