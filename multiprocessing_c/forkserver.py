@@ -142,6 +142,9 @@ class ForkServer:
         _, address, token = server
         data_r, data_w = os.pipe()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Blocking whatever socket.setdefaulttimeout() says: the fd becomes
+        # the child's sentinel and is read with os.read().
+        sock.settimeout(None)
         try:
             tracker = _tracker()
             extra = tracker.getfd() if tracker is not None else None
@@ -195,6 +198,7 @@ class ForkServer:
         address = os.path.join(util.get_temp_dir(),
                                'forkserver-' + os.urandom(8).hex())
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.settimeout(None)     # the C server loop expects blocking
         alive_r = alive_w = None
         try:
             listener.bind(address)

@@ -706,3 +706,22 @@ def test_big_arguments_reach_the_child():
     p = _start(check_payload, data, len(data))
     p.join(30)
     assert p.exitcode == 0
+
+
+def test_socket_default_timeout_does_not_break_start(tmp_path):
+    # CPython's TestTimeouts sets a 0.1 s default socket timeout, which
+    # would make the request socket (the child's sentinel) non-blocking.
+    script = write_script(tmp_path / 'deftimeout.py', '''
+        import socket, time, multiprocessing_c as mp
+        def f():
+            time.sleep(0.3)
+        if __name__ == '__main__':
+            socket.setdefaulttimeout(0.1)
+            ctx = mp.get_context('forkserver')
+            for _ in range(3):
+                p = ctx.Process(target=f); p.start(); p.join()
+                print(p.exitcode)
+    ''')
+    r = run_python([script])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ['0', '0', '0']
