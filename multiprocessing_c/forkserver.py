@@ -63,16 +63,18 @@ class ForkServer:
     def _stop(self):
         """Stop the server and wait for it (for tests and clean shutdown)."""
         with self._lock:
-            self._stop_unlocked()
+            self._shut_down()
 
-    def _stop_unlocked(self):
-        if self._forkserver_pid is None:
+    def _shut_down(self):
+        # With self._lock held.  EOF on the alive pipe ends the server's
+        # loop; then reap it, so no zombie is left.
+        pid, alive = self._forkserver_pid, self._forkserver_alive_fd
+        if pid is None:
             return
-        # EOF on the alive pipe makes the server return from its loop.
-        os.close(self._forkserver_alive_fd)
         self._forkserver_alive_fd = None
+        os.close(alive)
         try:
-            os.waitpid(self._forkserver_pid, 0)
+            os.waitpid(pid, 0)
         except ChildProcessError:
             pass
         self._forget()
@@ -172,7 +174,7 @@ class ForkServer:
                     os.kill(self._forkserver_pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                self._stop_unlocked()
+                self._shut_down()
             self._start_unlocked()
 
     def ensure_running(self):

@@ -157,18 +157,24 @@ class Queue(object):
         self._reset()
         register_after_fork(self, Queue._after_fork)
 
+    # What a child gets when the queue is passed at process creation: the
+    # shared parts only; per-process state is made afresh by _reset().
+    _SHARED_STATE = ('_ignore_epipe', '_maxsize', '_reader', '_writer',
+                     '_rlock', '_wlock', '_sem', '_opid')
+
     def __getstate__(self):
         context.assert_spawning(self)
-        return (self._ignore_epipe, self._maxsize, self._reader, self._writer,
-                self._rlock, self._wlock, self._sem, self._opid)
+        return {name: getattr(self, name) for name in self._SHARED_STATE}
 
     def __setstate__(self, state):
-        (self._ignore_epipe, self._maxsize, self._reader, self._writer,
-         self._rlock, self._wlock, self._sem, self._opid) = state
+        if isinstance(state, tuple):    # a pickle made by an older version
+            state = dict(zip(self._SHARED_STATE, state))
+        self.__dict__.update(state)
         self._reset()
 
     def _after_fork(self):
-        debug('Queue._after_fork()')
+        # The feeder thread and buffer were the parent's; the pipe and
+        # locks are shared and stay.
         self._reset(after_fork=True)
 
     def _reset(self, after_fork=False):
@@ -407,12 +413,7 @@ class JoinableQueue(Queue):
         self._unfinished_tasks = ctx.Semaphore(0)
         self._cond = ctx.Condition()
 
-    def __getstate__(self):
-        return Queue.__getstate__(self) + (self._cond, self._unfinished_tasks)
-
-    def __setstate__(self, state):
-        Queue.__setstate__(self, state[:-2])
-        self._cond, self._unfinished_tasks = state[-2:]
+    _SHARED_STATE = Queue._SHARED_STATE + ('_cond', '_unfinished_tasks')
 
     def put(self, obj, block=True, timeout=None):
         if self._closed:
@@ -473,10 +474,11 @@ class SimpleQueue(object):
 
     def __getstate__(self):
         context.assert_spawning(self)
-        return (self._reader, self._writer, self._rlock, self._wlock)
+        return {'_reader': self._reader, '_writer': self._writer,
+                '_rlock': self._rlock, '_wlock': self._wlock}
 
     def __setstate__(self, state):
-        (self._reader, self._writer, self._rlock, self._wlock) = state
+        self.__dict__.update(state)
         self._poll = self._reader.poll
 
     def get(self):

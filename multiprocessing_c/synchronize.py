@@ -232,33 +232,35 @@ class Condition(object):
         self._wait_semaphore = ctx.Semaphore(0)
         self._make_methods()
 
+    # The semaphores are the condition; a child gets them all.
+    _PARTS = ('_lock', '_sleeping_count', '_woken_count', '_wait_semaphore')
+
     def __getstate__(self):
         context.assert_spawning(self)
-        return (self._lock, self._sleeping_count, self._woken_count,
-                self._wait_semaphore)
+        return tuple(getattr(self, name) for name in self._PARTS)
 
     def __setstate__(self, state):
-        (self._lock, self._sleeping_count, self._woken_count,
-         self._wait_semaphore) = state
+        for name, part in zip(self._PARTS, state):
+            setattr(self, name, part)
         self._make_methods()
 
-    def __enter__(self):
-        return self._lock.__enter__()
-
-    def __exit__(self, *args):
-        return self._lock.__exit__(*args)
-
     def _make_methods(self):
-        self.acquire = self._lock.acquire
-        self.release = self._lock.release
+        # The lock's methods, bound once: they are the condition's.
+        self.acquire, self.release = self._lock.acquire, self._lock.release
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info):
+        self.release()
 
     def __repr__(self):
+        value = lambda sem: sem._semlock._get_value()
         try:
-            waiters = (self._sleeping_count._semlock._get_value() -
-                       self._woken_count._semlock._get_value())
+            waiting = value(self._sleeping_count) - value(self._woken_count)
         except Exception:
-            waiters = 'unknown'
-        return '<%s(%s, %s)>' % (type(self).__name__, self._lock, waiters)
+            waiting = 'unknown'
+        return '<%s(%s, %s)>' % (type(self).__name__, self._lock, waiting)
 
     def wait(self, timeout=None):
         """Release the lock, wait for a notify (or the timeout), re-acquire.
