@@ -304,14 +304,16 @@ def _exit_function(info=info, debug=debug, _run_finalizers=_run_finalizers,
     info('process shutting down')
     debug('running all "atexit" finalizers with priority >= 0')
     _run_finalizers(0)
-    if current_process() is not None:
-        for p in active_children():
-            if p.daemon:
-                info('calling terminate() for daemon %s', p.name)
-                p._popen.terminate()
-        for p in active_children():
-            info('calling join() for process %s', p.name)
-            p.join()
+    # current_process is None only if this module was torn down already.
+    children = active_children() if current_process() is not None else []
+    # Daemonic children die with us; the others are waited for.
+    for child in children:
+        if child.daemon:
+            info('calling terminate() for daemon %s', child.name)
+            child._popen.terminate()
+    for child in children:
+        info('calling join() for process %s', child.name)
+        child.join()
     debug('running the remaining "atexit" finalizers')
     _run_finalizers()
 
