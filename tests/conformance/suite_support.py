@@ -71,6 +71,13 @@ def _read_progress(path):
     return records
 
 
+def _live_sigint():
+    # A shell that runs us in the background leaves SIGINT ignored, and an
+    # ignored signal stays ignored across exec: the suite's Ctrl-C tests
+    # need the default, as at a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill_group(proc):
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -95,7 +102,8 @@ def run_method(method, workdir, timeout=SUITE_TIMEOUT, never_run=()):
             proc = subprocess.Popen(_child_cmd(method, workdir), cwd=workdir,
                                     env=suite_env(), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    preexec_fn=_live_sigint)
         last_size, last_change, reason = -1, time.monotonic(), None
         while proc.poll() is None:
             time.sleep(0.5)
