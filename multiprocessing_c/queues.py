@@ -437,16 +437,18 @@ class JoinableQueue(Queue):
             raise
 
     def task_done(self):
+        """Count one item taken by get() as processed."""
         with self._cond:
-            if not self._unfinished_tasks.acquire(False):
+            unfinished = self._unfinished_tasks
+            if not unfinished.acquire(False):
                 raise ValueError('task_done() called too many times')
-            if self._unfinished_tasks._semlock._is_zero():
-                self._cond.notify_all()
+            if unfinished._semlock._is_zero():
+                self._cond.notify_all()     # the last one wakes every join()
 
     def join(self):
+        """Block until every item put has been counted by task_done()."""
         with self._cond:
-            if not self._unfinished_tasks._semlock._is_zero():
-                self._cond.wait()
+            self._cond.wait_for(self._unfinished_tasks._semlock._is_zero)
 
 
 class SimpleQueue(object):

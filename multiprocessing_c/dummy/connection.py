@@ -1,38 +1,43 @@
 """Listener, Client and Pipe for multiprocessing_c.dummy: connections
 between threads, made of two queue.Queue objects."""
 import queue
-import time
 
 __all__ = ['Client', 'Listener', 'Pipe']
 
 families = [None]
 
 
-class Listener:
-    """Accepts connections from Client(listener.address) in other threads.
-    The address is the backlog queue itself."""
-
-    def __init__(self, address=None, family=None, backlog=1):
-        self._backlog_queue = queue.Queue(backlog)
-
-    def accept(self):
-        """Wait for a Client and return our end of the connection."""
-        if self._backlog_queue is None:
-            raise OSError('listener is closed')
-        return Connection(*self._backlog_queue.get())
-
-    def close(self):
-        self._backlog_queue = None
-
-    @property
-    def address(self):
-        return self._backlog_queue
+class _Closable:
+    """`with` support: leaving the block closes the object."""
 
     def __enter__(self):
         return self
 
-    def __exit__(self, exc_type, exc_value, exc_tb):
+    def __exit__(self, *exc_info):
         self.close()
+
+
+class Listener(_Closable):
+    """Accepts connections from Client(listener.address) in other threads.
+    The address is the queue of pending connection requests itself."""
+
+    def __init__(self, address=None, family=None, backlog=1):
+        self._requests = queue.Queue(backlog)
+
+    @property
+    def address(self):
+        return self._requests
+
+    def accept(self):
+        """Wait for a Client and return our end of the connection."""
+        requests = self._requests
+        if requests is None:
+            raise OSError('listener is closed')
+        inbox, outbox = requests.get()
+        return Connection(inbox, outbox)
+
+    def close(self):
+        self._requests = None
 
 
 def Client(address):
@@ -48,7 +53,7 @@ def Pipe(duplex=True):
     return Connection(a, b), Connection(b, a)
 
 
-class Connection:
+class Connection(_Closable):
     """One end of a thread connection: objects are passed, not copied."""
 
     def __init__(self, _in, _out):
@@ -65,25 +70,9 @@ class Connection:
         if timeout is not None and timeout <= 0.0:
             return False
         # Peek without taking: wait on the queue's own condition (its lock
-        # is held, so the size is read without qsize(), which takes it).
+        # is held there, so read the size with _qsize(), not qsize()).
         with self._in.not_empty:
-            if timeout is None:
-                while not self._in._qsize():
-                    self._in.not_empty.wait()
-                return True
-            deadline = time.monotonic() + timeout
-            while not self._in._qsize():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._in.not_empty.wait(left)
-            return True
+            return bool(self._in.not_empty.wait_for(self._in._qsize, timeout))
 
     def close(self):
         pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc_value, exc_tb):
-        self.close()
