@@ -95,9 +95,9 @@ class BaseProcess:
         self._config = dict(creator._config)
         self._identity = (*creator._identity, next(_process_counter))
         self._target, self._args, self._kwargs = target, tuple(args), dict(kwargs)
-        if name is None:
-            name = type(self).__name__ + '-' + ':'.join(map(str, self._identity))
-        self._name = name
+        # An empty name gets the default too, as in the stdlib.
+        self._name = name or (type(self).__name__ + '-'
+                              + ':'.join(map(str, self._identity)))
         _dangling.add(self)
         if daemon is not None:
             self.daemon = daemon
