@@ -88,6 +88,11 @@ class _ExecutorDispatcher(_pool._ProcessDispatcher):
     """The pool's dispatcher, with the executor's rule: a lost worker or a
     failed initializer breaks everything."""
 
+    # A future is running once its call is sent: keep that to two calls
+    # a worker, so that cancel() still catches the rest, as the stdlib's
+    # does.
+    _line_max = _pool._LINE_MIN
+
     def __init__(self, *args, **kwds):
         super().__init__(*args, **kwds)
         self.cache = self._cache

@@ -1,17 +1,20 @@
 """Pools of workers: Pool (processes) and ThreadPool (threads).
 
 The process pool never shares a lock with its workers.  Each worker has a
-duplex pipe of its own: the parent's handler thread sends a task on it
-only when the worker is idle, and reads the result back on it.  So the
-parent always knows which task each worker holds, and a worker that dies
-(os._exit, a segfault, SIGKILL) fails exactly that task with
-WorkerLostError, is replaced, and the pool keeps serving.  The handler
-waits on every worker's pipe and sentinel at once with connection.wait.
+duplex pipe of its own: the parent sends tasks on it, in order, and reads
+the results back on it in the same order.  So the parent always knows
+which tasks each worker holds and which one it is running, and a worker
+that dies (os._exit, a segfault, SIGKILL) fails exactly that task with
+WorkerLostError (the tasks queued behind it go to other workers), is
+replaced, and the pool keeps serving.  A handler thread waits on every
+worker's pipe and sentinel at once with connection.wait; a thread that
+submits a task while a worker is free sends it itself.
 
 Tasks are pickled once in the submitting thread (so pickling errors land
-where the task was submitted) and travel as bytes behind a 16-byte header
-(job id, chunk index), which lets the worker report a task whose
-arguments fail to unpickle.  map() batches items into chunks.
+where the task was submitted) and travel as bytes behind a 24-byte header
+(job id, chunk index; for results, how long the task ran), which lets the
+worker report a task whose arguments fail to unpickle.  map() batches
+items into chunks.
 """
 import collections
 import copyreg
@@ -757,31 +760,38 @@ class _Feeder:
 
     def _feed(self, result, func, iterable, chunksize):
         disp = self._dispatcher
-        mapper = mapstar
-        i = -1
+        n = 0                    # tasks submitted so far
         try:
-            it = iter(iterable)
-            while True:
-                chunk = list(itertools.islice(it, chunksize))
-                if not chunk:
-                    break
+            for runner, args in _tasks_of(func, iterable, chunksize):
                 if self._stopping:
                     return
                 while disp.backlog() >= self._limit and not self._stopping:
                     disp.wait_for_space(self._limit // 2)
-                i += 1
-                if chunksize == 1:
-                    # No chunk to unpack in the worker: one call per item.
-                    disp.submit(result, i, _one, ((func, chunk[0]),), {}, None)
-                else:
-                    disp.submit(result, i, mapper, ((func, chunk),), {}, None)
+                disp.submit(result, n, runner, args, {}, None)
+                n += 1
                 if disp._broken is not None:
                     break        # every further chunk would fail alike
         except Exception as e:
-            result._set(i + 1, (False, e))
-            result._set_length(i + 2)
+            # The iterable raised: that is the result after the last chunk.
+            result._set(n, (False, e))
+            result._set_length(n + 1)
         else:
-            result._set_length(i + 1)
+            result._set_length(n)
+
+
+def _tasks_of(func, iterable, chunksize):
+    # (runner, args) for each task of imap(func, iterable, chunksize).
+    items = iter(iterable)
+    if chunksize == 1:
+        # No chunk to unpack in the worker: one call per item.
+        for item in items:
+            yield _one, ((func, item),)
+        return
+    while True:
+        chunk = list(itertools.islice(items, chunksize))
+        if not chunk:
+            return
+        yield mapstar, ((func, chunk),)
 
 
 def _one(args):
@@ -856,6 +866,9 @@ class _ProcessDispatcher:
     without waiting sends its task straight to a worker that can take it,
     so a pool with room costs no handler wake-up per task."""
 
+    # How many tasks a worker may hold at most (see _LINE_MAX).
+    _line_max = _LINE_MAX
+
     def __init__(self, pool_list, cache, ctx, process_factory, processes,
                  initializer, initargs, maxtasks, wrap_exception):
         # What workers are made of, and what they are told at start.
@@ -914,12 +927,11 @@ class _ProcessDispatcher:
         # can take it.  False: it goes in the queue.
         if self._retry or self._terminating or not self.taskqueue.empty():
             return False
-        records = self._records
-        taker = next((r for r in records if not r.tasks
-                      and self._can_take(r, 1, task)), None)
-        if taker is None:
-            taker = next((r for r in records
-                          if self._can_take(r, len(r.tasks) + 1, task)), None)
+        taker = None             # the one with the shortest line
+        for r in self._records:
+            if taker is None or len(r.tasks) < len(taker.tasks):
+                if self._can_take(r, len(r.tasks) + 1, task):
+                    taker = r
         if taker is None:
             return False
         if not self._send(taker, task) or task[3] is not None:
@@ -1150,7 +1162,7 @@ class _ProcessDispatcher:
         held = len(rec.tasks)
         if held >= depth or depth > rec.depth:
             return False
-        if not rec.ready or rec.retiring or rec.conn is None:
+        if not rec.ready or rec.retiring or rec.eof_at is not None:
             return False
         if held and task is not None:
             if rec.waiting + len(task[2]) > self._prefetch:
@@ -1159,16 +1171,21 @@ class _ProcessDispatcher:
                 or rec.done + held < self._maxtasks)
 
     def _dispatch(self):
-        # A task for each idle worker first, then the lines filled up.
-        for r in self._records:
-            if not r.tasks and self._can_take(r, 1) and not self._feed(r, 1):
-                return
-        for r in self._records:
-            if not self._fill(r):
-                return
+        # Level by level, so that lines grow evenly: a task for each idle
+        # worker first, then one more for each worker with one, and so on.
+        records = self._records
+        if not records:
+            return
+        low = min([len(r.tasks) for r in records]) + 1
+        for depth in range(low, max([r.depth for r in records]) + 1):
+            for r in records:
+                if self._can_take(r, depth) and not self._feed(r, depth):
+                    return
 
     def _fill(self, rec):
         # Top `rec` up to its depth; False when nothing is left to give.
+        if not self._retry and self.taskqueue.empty():
+            return False
         for depth in range(len(rec.tasks) + 1, rec.depth + 1):
             if not self._can_take(rec, depth):
                 break
@@ -1250,9 +1267,9 @@ class _ProcessDispatcher:
                 rec.deadline = time.monotonic() + rec.tasks[0][3]
                 self._timed = True
         pace = took if rec.pace is None else (rec.pace + took) / 2
-        rec.pace = pace
-        rec.depth = (_LINE_MAX if pace * _LINE_MAX <= _LINE_WAIT else
-                     max(_LINE_MIN, int(_LINE_WAIT / pace)))
+        rec.pace, most = pace, self._line_max
+        rec.depth = (most if pace * most <= _LINE_WAIT else
+                     max(_LINE_MIN, min(most, int(_LINE_WAIT / pace))))
         rec.done += 1
         if self._maxtasks is not None and rec.done >= self._maxtasks:
             self._retire(rec)
