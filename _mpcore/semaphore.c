@@ -29,6 +29,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #ifndef SEM_VALUE_MAX
@@ -45,10 +46,11 @@ enum { RECURSIVE_MUTEX = 0, SEMAPHORE = 1 };
 
 typedef struct {
     PyObject_HEAD
-    sem_t *handle;
+    sem_t *handle;              /* NULL until __init__ has opened it */
     int kind;
     int maxvalue;
     int count;                  /* acquires minus releases in this process */
+    int anonymous;              /* handle is a page of our own (see below) */
     unsigned long last_tid;     /* thread that last acquired */
     unsigned long fork_gen;     /* fork generation at that acquire */
     PyObject *name;             /* str, or None once unlinked */
@@ -68,81 +70,110 @@ semlock_atfork_child(void)
     fork_generation++;
 }
 
+/* The calling thread.  On Linux PyThread_get_thread_ident() is exactly
+ * pthread_self(); calling it directly keeps a call and a check off the
+ * uncontended acquire. */
+static inline unsigned long
+semlock_thread(void)
+{
+    return (unsigned long)pthread_self();
+}
+
 /* True if the calling thread of this process holds the lock. */
 static inline int
 semlock_ismine(SemLockObject *self)
 {
     return self->count > 0 && self->fork_gen == fork_generation &&
-           self->last_tid == PyThread_get_thread_ident();
+           self->last_tid == semlock_thread();
 }
 
+/* This process's count, forgetting one inherited across a fork. */
 static inline void
-semlock_note_acquired(SemLockObject *self)
+semlock_sync_fork(SemLockObject *self)
 {
     if (self->fork_gen != fork_generation) {
         self->fork_gen = fork_generation;
         self->count = 0;
     }
-    self->count++;
-    self->last_tid = PyThread_get_thread_ident();
 }
 
-/* Waits on the semaphore until `deadline` (MP_FOREVER: no limit).
- * Called with the GIL held; releases it while blocked.  Returns 1 when
- * acquired, 0 on timeout, -1 with an exception set (OSError, or whatever
- * a signal handler raised). */
-static int
-semlock_wait(sem_t *handle, int64_t deadline)
+static inline void
+semlock_note_acquired(SemLockObject *self)
 {
-    int res, err;
-    for (;;) {
-        if (deadline == MP_FOREVER) {
-            Py_BEGIN_ALLOW_THREADS
-            res = sem_wait(handle);
-            err = errno;
-            Py_END_ALLOW_THREADS
-        }
-        else {
-            struct timespec ts;
-#ifdef MP_HAVE_SEM_CLOCKWAIT
-            /* An absolute monotonic deadline: EINTR retries don't drift. */
-            mp_deadline_timespec(deadline, &ts);
-            Py_BEGIN_ALLOW_THREADS
-            res = sem_clockwait(handle, CLOCK_MONOTONIC, &ts);
-            err = errno;
-            Py_END_ALLOW_THREADS
-#else
-            /* sem_timedwait wants CLOCK_REALTIME: re-derive the wall-clock
-             * deadline from the monotonic one on every retry. */
-            int64_t left = deadline - mp_now_ns();
-            if (left < 0)
-                left = 0;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            int64_t abs_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec + left;
-            ts.tv_sec = (time_t)(abs_ns / 1000000000LL);
-            ts.tv_nsec = (long)(abs_ns % 1000000000LL);
-            Py_BEGIN_ALLOW_THREADS
-            res = sem_timedwait(handle, &ts);
-            err = errno;
-            Py_END_ALLOW_THREADS
-#endif
-        }
-        if (res == 0)
-            return 1;
-        if (err == EINTR) {
-            /* Ctrl-C (or any raising handler) ends the wait. */
-            if (PyErr_CheckSignals() < 0)
-                return -1;
-            continue;
-        }
-        if (err == ETIMEDOUT)
-            return 0;
-        mp_set_oserror(err);
-        return -1;
-    }
+    semlock_sync_fork(self);
+    self->count++;
+    self->last_tid = semlock_thread();
 }
 
-static PyObject *semlock_release(PyObject *op, PyObject *Py_UNUSED(ignored));
+/* 0 if the object has been opened by __init__ or _rebuild, else -1 with
+ * ValueError set (only reachable through SemLock.__new__ alone). */
+static int
+semlock_closed(SemLockObject *self)
+{
+    if (self->handle != NULL)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "SemLock is not initialized");
+    return -1;
+}
+
+/* The blocking step for mp_wait_until(): wait for the semaphore `arg`
+ * until `deadline`.  Runs with the GIL released. */
+static int
+semlock_wait_step(void *arg, int64_t deadline)
+{
+    sem_t *handle = arg;
+    if (deadline == MP_FOREVER)
+        return sem_wait(handle);
+    struct timespec ts;
+#ifdef MP_HAVE_SEM_CLOCKWAIT
+    /* An absolute monotonic deadline: EINTR retries don't drift. */
+    mp_deadline_timespec(deadline, &ts);
+    return sem_clockwait(handle, CLOCK_MONOTONIC, &ts);
+#else
+    /* sem_timedwait wants CLOCK_REALTIME: re-derive the wall-clock
+     * deadline from the monotonic one on every retry. */
+    int64_t left = deadline - mp_now_ns();
+    if (left < 0)
+        left = 0;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t at = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec + left;
+    ts.tv_sec = (time_t)(at / 1000000000LL);
+    ts.tv_nsec = (long)(at % 1000000000LL);
+    return sem_timedwait(handle, &ts);
+#endif
+}
+
+/* Takes the semaphore itself (no recursion bookkeeping): at once if it
+ * is free, else, when `block`, waiting until `deadline` with the GIL
+ * released.  Returns 1 taken, 0 not taken, -1 with an exception set. */
+static int
+semlock_take(SemLockObject *self, int block, int64_t deadline)
+{
+    /* Fast path with the GIL held: an uncontended acquire never blocks. */
+    int res;
+    for (;;) {
+        res = sem_trywait(self->handle);
+        if (res == 0 || errno == EAGAIN)
+            break;
+        if (errno != EINTR) {
+            mp_set_oserror(errno);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0)
+            return -1;          /* a signal handler raised */
+    }
+    if (res < 0) {
+        if (!block || (deadline != MP_FOREVER && deadline <= mp_now_ns()))
+            return 0;
+        int r = mp_wait_until(semlock_wait_step, self->handle, deadline);
+        if (r <= 0)
+            return r;
+    }
+    semlock_note_acquired(self);
+    return 1;
+}
+
+static int semlock_do_release(SemLockObject *self);
 
 /* ---- internal API for other concept files (declared in mpcore.h) ----
  * Plain SEMAPHORE-kind locks only (the queues' read/write locks and size
@@ -157,6 +188,8 @@ mp_semlock_check(PyObject *obj, mp_state *st)
                      Py_TYPE(obj)->tp_name);
         return -1;
     }
+    if (semlock_closed(SemLock_CAST(obj)) < 0)
+        return -1;
     if (SemLock_CAST(obj)->kind != SEMAPHORE) {
         PyErr_SetString(PyExc_ValueError, "expected a non-recursive SemLock");
         return -1;
@@ -167,37 +200,13 @@ mp_semlock_check(PyObject *obj, mp_state *st)
 int
 mp_semlock_acquire_until(PyObject *obj, int64_t deadline)
 {
-    SemLockObject *self = SemLock_CAST(obj);
-    int res, err;
-    do {
-        res = sem_trywait(self->handle);
-        err = errno;
-    } while (res < 0 && err == EINTR && PyErr_CheckSignals() == 0);
-    if (res < 0) {
-        if (err == EINTR)
-            return -1;
-        if (err != EAGAIN) {
-            mp_set_oserror(err);
-            return -1;
-        }
-        if (deadline != MP_FOREVER && deadline <= mp_now_ns())
-            return 0;
-        res = semlock_wait(self->handle, deadline);
-        if (res <= 0)
-            return res;
-    }
-    semlock_note_acquired(self);
-    return 1;
+    return semlock_take(SemLock_CAST(obj), 1, deadline);
 }
 
 int
 mp_semlock_release(PyObject *obj)
 {
-    PyObject *r = semlock_release(obj, NULL);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
+    return semlock_do_release(SemLock_CAST(obj));
 }
 
 PyDoc_STRVAR(semlock_acquire__doc__,
@@ -250,6 +259,20 @@ semlock_parse_acquire(PyObject *const *args, Py_ssize_t nargs,
     return 0;
 }
 
+/* acquire() without arguments, also __enter__.  Returns 1, or -1 with an
+ * exception set. */
+static inline int
+semlock_acquire_blocking(SemLockObject *self)
+{
+    if (self->kind == RECURSIVE_MUTEX && semlock_ismine(self)) {
+        self->count++;
+        return 1;
+    }
+    if (semlock_closed(self) < 0)
+        return -1;
+    return semlock_take(self, 1, MP_FOREVER);
+}
+
 static PyObject *
 semlock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                 PyObject *kwnames)
@@ -258,46 +281,30 @@ semlock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     int block = 1;
     PyObject *py_block = NULL, *timeout = Py_None;
     int64_t deadline = MP_FOREVER;
-    int res, err;
 
-    if (nargs || kwnames) {
-        if (semlock_parse_acquire(args, nargs, kwnames, &py_block, &timeout) < 0)
+    if (nargs == 0 && kwnames == NULL) {
+        if (semlock_acquire_blocking(self) < 0)
             return NULL;
-        if (py_block != NULL && (block = PyObject_IsTrue(py_block)) < 0)
-            return NULL;
+        Py_RETURN_TRUE;
     }
-
+    if (semlock_parse_acquire(args, nargs, kwnames, &py_block, &timeout) < 0)
+        return NULL;
+    if (py_block != NULL && (block = PyObject_IsTrue(py_block)) < 0)
+        return NULL;
     if (self->kind == RECURSIVE_MUTEX && semlock_ismine(self)) {
         self->count++;
         Py_RETURN_TRUE;
     }
+    if (semlock_closed(self) < 0)
+        return NULL;
     /* The deadline starts now, before the fast path. */
     if (block && timeout != Py_None &&
         mp_deadline_from_timeout(timeout, &deadline) < 0)
         return NULL;
-
-    /* Fast path with the GIL held: an uncontended acquire never blocks. */
-    do {
-        res = sem_trywait(self->handle);
-        err = errno;
-    } while (res < 0 && err == EINTR && PyErr_CheckSignals() == 0);
-    if (res < 0 && err == EINTR)
-        return NULL;                    /* a signal handler raised */
-    if (res < 0 && err != EAGAIN)
-        return mp_set_oserror(err);
-    if (res < 0) {
-        if (!block)
-            Py_RETURN_FALSE;
-        if (deadline != MP_FOREVER && deadline <= mp_now_ns())
-            Py_RETURN_FALSE;
-        res = semlock_wait(self->handle, deadline);
-        if (res < 0)
-            return NULL;
-        if (res == 0)
-            Py_RETURN_FALSE;
-    }
-    semlock_note_acquired(self);
-    Py_RETURN_TRUE;
+    int r = semlock_take(self, block, deadline);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
 }
 
 PyDoc_STRVAR(semlock_release__doc__,
@@ -306,21 +313,31 @@ PyDoc_STRVAR(semlock_release__doc__,
 "this thread does not hold, ValueError past a bounded maximum.");
 
 static PyObject *
-semlock_release(PyObject *op, PyObject *Py_UNUSED(ignored))
+semlock_too_many(void)
 {
-    SemLockObject *self = SemLock_CAST(op);
+    PyErr_SetString(PyExc_ValueError,
+                    "semaphore or lock released too many times");
+    return NULL;
+}
 
+/* release(): 0, or -1 with an exception set. */
+static int
+semlock_do_release(SemLockObject *self)
+{
     if (self->kind == RECURSIVE_MUTEX) {
         if (!semlock_ismine(self)) {
             PyErr_SetString(PyExc_AssertionError,
                             "attempt to release recursive lock not owned "
                             "by thread");
-            return NULL;
+            return -1;
         }
         if (self->count > 1) {
             self->count--;
-            Py_RETURN_NONE;
+            return 0;
         }
+    }
+    else if (semlock_closed(self) < 0) {
+        return -1;
     }
     else if (self->maxvalue == 1) {
         /* A Lock: it must be taken now.  sem_trywait answers that
@@ -328,38 +345,53 @@ semlock_release(PyObject *op, PyObject *Py_UNUSED(ignored))
          * would make every uncontended release ~40% slower. */
         if (sem_trywait(self->handle) == 0) {
             (void)sem_post(self->handle);
-            PyErr_SetString(PyExc_ValueError,
-                            "semaphore or lock released too many times");
-            return NULL;
+            semlock_too_many();
+            return -1;
         }
-        if (errno != EAGAIN && errno != EINTR)
-            return mp_set_oserror(errno);
+        if (errno != EAGAIN && errno != EINTR) {
+            mp_set_oserror(errno);
+            return -1;
+        }
     }
     else if (self->maxvalue < SEM_VALUE_MAX) {
         /* Bounded: refuse to go past maxvalue.  (Two racing releasers can
          * both pass this check; the stdlib has the same window.) */
         int value;
-        if (sem_getvalue(self->handle, &value) < 0)
-            return mp_set_oserror(errno);
+        if (sem_getvalue(self->handle, &value) < 0) {
+            mp_set_oserror(errno);
+            return -1;
+        }
         if (value >= self->maxvalue) {
-            PyErr_SetString(PyExc_ValueError,
-                            "semaphore or lock released too many times");
-            return NULL;
+            semlock_too_many();
+            return -1;
         }
     }
     if (sem_post(self->handle) < 0) {
-        if (errno == EOVERFLOW) {
-            PyErr_SetString(PyExc_ValueError,
-                            "semaphore or lock released too many times");
-            return NULL;
-        }
-        return mp_set_oserror(errno);
+        if (errno == EOVERFLOW)
+            semlock_too_many();
+        else
+            mp_set_oserror(errno);
+        return -1;
     }
-    if (self->fork_gen != fork_generation) {
-        self->fork_gen = fork_generation;
-        self->count = 0;
-    }
+    semlock_sync_fork(self);
     self->count--;
+    return 0;
+}
+
+/* METH_FASTCALL rather than METH_NOARGS: the interpreter specializes
+ * calls of bound FASTCALL builtins (`release()` through a bound method,
+ * as Lock binds it), not of NOARGS ones. */
+static PyObject *
+semlock_release(PyObject *op, PyObject *const *Py_UNUSED(args),
+                Py_ssize_t nargs)
+{
+    if (nargs != 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "release() takes no arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (semlock_do_release(SemLock_CAST(op)) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -370,7 +402,9 @@ PyDoc_STRVAR(semlock_enter__doc__,
 static PyObject *
 semlock_enter(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    return semlock_acquire(op, NULL, 0, NULL);
+    if (semlock_acquire_blocking(SemLock_CAST(op)) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
 }
 
 PyDoc_STRVAR(semlock_exit__doc__,
@@ -378,12 +412,16 @@ PyDoc_STRVAR(semlock_exit__doc__,
 "Release the semaphore/lock.");
 
 static PyObject *
-semlock_exit(PyObject *op, PyObject *args)
+semlock_exit(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
-    PyObject *a = NULL, *b = NULL, *c = NULL;
-    if (!PyArg_UnpackTuple(args, "__exit__", 0, 3, &a, &b, &c))
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "__exit__ expected at most 3 arguments, got %zd", nargs);
         return NULL;
-    return semlock_release(op, NULL);
+    }
+    if (semlock_do_release(SemLock_CAST(op)) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(semlock_count__doc__,
@@ -411,6 +449,8 @@ semlock_is_mine(PyObject *op, PyObject *Py_UNUSED(ignored))
 static int
 semlock_value(SemLockObject *self, int *value)
 {
+    if (semlock_closed(self) < 0)
+        return -1;
     if (sem_getvalue(self->handle, value) < 0) {
         mp_set_oserror(errno);
         return -1;
@@ -488,26 +528,58 @@ semlock_open(PyObject *py_name, const char *name, int create, unsigned int value
     return SEM_FAILED;
 }
 
-/* Wraps an open handle in a new object of `type`, taking ownership of
- * the handle (closed on failure).  Returns a new reference or NULL. */
-static PyObject *
-semlock_wrap(PyTypeObject *type, sem_t *handle, int kind, int maxvalue,
-             PyObject *name)
+/* A semaphore no other process will ever look up by name (the creator
+ * asked for it unlinked): a sem_t of its own in a shared anonymous page.
+ * Children inherit the page through fork exactly as they inherit an
+ * unlinked named semaphore's mapping, and the page lives until the last
+ * process unmaps it; but there is no file to create, link and unlink.
+ * Returns the handle, or SEM_FAILED with OSError set. */
+static sem_t *
+semlock_open_anonymous(unsigned int value)
 {
-    SemLockObject *self = (SemLockObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        sem_close(handle);
-        return NULL;
+    void *page = mmap(NULL, sizeof(sem_t), PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) {
+        mp_set_oserror(errno);
+        return SEM_FAILED;
     }
+    if (sem_init((sem_t *)page, 1, value) < 0) {
+        int err = errno;
+        munmap(page, sizeof(sem_t));
+        mp_set_oserror(err);
+        return SEM_FAILED;
+    }
+    return (sem_t *)page;
+}
+
+/* Gives up this process's handle (the semaphore itself lives on in every
+ * other process that has it). */
+static void
+semlock_close_handle(SemLockObject *self)
+{
+    if (self->handle == NULL)
+        return;
+    if (self->anonymous)
+        munmap(self->handle, sizeof(sem_t));
+    else
+        sem_close(self->handle);
+    self->handle = NULL;
+}
+
+/* Makes `self` the owner of the open `handle`. */
+static void
+semlock_adopt(SemLockObject *self, sem_t *handle, int anonymous, int kind,
+              int maxvalue, PyObject *name)
+{
     self->handle = handle;
+    self->anonymous = anonymous;
     self->kind = kind;
     self->maxvalue = maxvalue;
     self->count = 0;
     self->last_tid = 0;
     self->fork_gen = fork_generation;
     Py_INCREF(name);
-    self->name = name;
-    return (PyObject *)self;
+    Py_XSETREF(self->name, name);
 }
 
 static int
@@ -520,24 +592,11 @@ semlock_check_kind(int kind)
     return 0;
 }
 
-static PyObject *
-semlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+/* The UTF-8 of a semaphore name, or NULL with ValueError set (empty, or
+ * holding a NUL) or the encoding error. */
+static const char *
+semlock_name_utf8(PyObject *py_name)
 {
-    static char *kwlist[] = {"kind", "value", "maxvalue", "name", "unlink", NULL};
-    int kind, value, maxvalue, unlink;
-    PyObject *py_name;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiUp:SemLock", kwlist,
-                                     &kind, &value, &maxvalue, &py_name,
-                                     &unlink))
-        return NULL;
-    if (semlock_check_kind(kind) < 0)
-        return NULL;
-    if (value < 0) {
-        PyErr_SetString(PyExc_ValueError,
-                        "semaphore initial value must be >= 0");
-        return NULL;
-    }
     Py_ssize_t len;
     const char *name = PyUnicode_AsUTF8AndSize(py_name, &len);
     if (name == NULL)
@@ -550,22 +609,66 @@ semlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "semaphore name must not be empty");
         return NULL;
     }
+    return name;
+}
 
-    sem_t *handle = semlock_open(py_name, name, 1, (unsigned int)value);
-    if (handle == SEM_FAILED)
+/* SemLock.__new__ only allocates: __init__ opens the semaphore, so that
+ * Python subclasses (the synchronize module's Lock, RLock, ...) create
+ * theirs from their own __init__ and are SemLocks themselves, with
+ * acquire/release/__enter__/__exit__ reached as C methods. */
+static PyObject *
+semlock_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+            PyObject *Py_UNUSED(kwds))
+{
+    SemLockObject *self = (SemLockObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
         return NULL;
+    self->kind = SEMAPHORE;     /* so that every method finds it closed */
+    self->fork_gen = fork_generation;
+    Py_INCREF(Py_None);
+    self->name = Py_None;
+    return (PyObject *)self;
+}
+
+static int
+semlock_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"kind", "value", "maxvalue", "name", "unlink", NULL};
+    SemLockObject *self = SemLock_CAST(op);
+    int kind, value, maxvalue, unlink;
+    PyObject *py_name;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiUp:SemLock", kwlist,
+                                     &kind, &value, &maxvalue, &py_name,
+                                     &unlink))
+        return -1;
+    if (semlock_check_kind(kind) < 0)
+        return -1;
+    if (value < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "semaphore initial value must be >= 0");
+        return -1;
+    }
+    const char *name = semlock_name_utf8(py_name);
+    if (name == NULL)
+        return -1;
+    if (self->handle != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SemLock is already initialized");
+        return -1;
+    }
+    sem_t *handle;
     if (unlink) {
-        /* Under fork the children inherit the mapping: the name is not
-         * needed by anyone, so nothing can be left in /dev/shm. */
-        if (sem_unlink(name) < 0) {
-            int err = errno;
-            sem_close(handle);
-            errno = err;
-            return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, py_name);
-        }
+        /* Nobody will open it by name: travels only through fork. */
+        handle = semlock_open_anonymous((unsigned int)value);
         py_name = Py_None;
     }
-    return semlock_wrap(type, handle, kind, maxvalue, py_name);
+    else {
+        handle = semlock_open(py_name, name, 1, (unsigned int)value);
+    }
+    if (handle == SEM_FAILED)
+        return -1;
+    semlock_adopt(self, handle, unlink, kind, maxvalue, py_name);
+    return 0;
 }
 
 PyDoc_STRVAR(semlock_rebuild__doc__,
@@ -597,18 +700,20 @@ semlock_rebuild(PyObject *cls, PyObject *args)
                      Py_TYPE(py_name)->tp_name);
         return NULL;
     }
-    Py_ssize_t len;
-    const char *name = PyUnicode_AsUTF8AndSize(py_name, &len);
+    const char *name = semlock_name_utf8(py_name);
     if (name == NULL)
         return NULL;
-    if ((size_t)len != strlen(name)) {
-        PyErr_SetString(PyExc_ValueError, "embedded null character");
+    PyTypeObject *type = (PyTypeObject *)cls;
+    SemLockObject *self = (SemLockObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    sem_t *handle = semlock_open(py_name, name, 0, 0);
+    if (handle == SEM_FAILED) {
+        Py_DECREF(self);
         return NULL;
     }
-    sem_t *handle = semlock_open(py_name, name, 0, 0);
-    if (handle == SEM_FAILED)
-        return NULL;
-    return semlock_wrap((PyTypeObject *)cls, handle, kind, maxvalue, py_name);
+    semlock_adopt(self, handle, 0, kind, maxvalue, py_name);
+    return (PyObject *)self;
 }
 
 static int
@@ -632,9 +737,7 @@ semlock_dealloc(PyObject *op)
     SemLockObject *self = SemLock_CAST(op);
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
-    if (self->handle != NULL && self->handle != SEM_FAILED)
-        sem_close(self->handle);
-    self->handle = NULL;
+    semlock_close_handle(self);
     (void)semlock_clear(op);
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -679,9 +782,11 @@ static PyGetSetDef semlock_getset[] = {
 static PyMethodDef semlock_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))semlock_acquire,
      METH_FASTCALL | METH_KEYWORDS, semlock_acquire__doc__},
-    {"release", semlock_release, METH_NOARGS, semlock_release__doc__},
+    {"release", (PyCFunction)(void (*)(void))semlock_release, METH_FASTCALL,
+     semlock_release__doc__},
     {"__enter__", semlock_enter, METH_NOARGS, semlock_enter__doc__},
-    {"__exit__", semlock_exit, METH_VARARGS, semlock_exit__doc__},
+    {"__exit__", (PyCFunction)(void (*)(void))semlock_exit, METH_FASTCALL,
+     semlock_exit__doc__},
     {"_count", semlock_count, METH_NOARGS, semlock_count__doc__},
     {"_is_mine", semlock_is_mine, METH_NOARGS, semlock_is_mine__doc__},
     {"_get_value", semlock_get_value, METH_NOARGS, semlock_get_value__doc__},
@@ -700,6 +805,7 @@ PyDoc_STRVAR(semlock__doc__,
 static PyType_Slot semlock_slots[] = {
     {Py_tp_doc, (void *)semlock__doc__},
     {Py_tp_new, semlock_new},
+    {Py_tp_init, semlock_init},
     {Py_tp_dealloc, semlock_dealloc},
     {Py_tp_traverse, semlock_traverse},
     {Py_tp_clear, semlock_clear},
