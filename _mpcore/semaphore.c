@@ -31,6 +31,7 @@
 #include <semaphore.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include "structmember.h"
 
 #ifndef SEM_VALUE_MAX
 #define SEM_VALUE_MAX INT_MAX
@@ -822,6 +823,268 @@ static PyType_Spec semlock_spec = {
     .slots = semlock_slots,
 };
 
+/* ------------------------------------------------------------------ */
+/* LockedField: a field of a shared object, read and written under a   */
+/* lock                                                                 */
+/* ------------------------------------------------------------------ */
+
+/* sharedctypes' synchronized wrappers keep the shared ctypes object in
+ * `_obj` and their lock's bound acquire/release as `acquire`/`release`.
+ * LockedField(name) is the data descriptor behind their `value`, `raw`
+ * and structure fields: it calls wrapper.acquire(), reads or writes
+ * wrapper._obj.<name>, and calls wrapper.release(), all from C, so a
+ * locked read costs no Python frame when the lock is a SemLock (whose
+ * bound methods are C functions themselves).  Any lock object with
+ * acquire() and release() works. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *field;            /* str: the wrapped object's attribute */
+    PyObject *doc;              /* str or None */
+    PyObject *s_acquire, *s_release, *s_obj;    /* interned names */
+} LockedFieldObject;
+
+#define LockedField_CAST(op) ((LockedFieldObject *)(op))
+
+/* The wrapper's attribute `name` (a new reference): from its instance
+ * dict `dict` when it is there, as SynchronizedBase.__init__ puts all
+ * three the descriptor needs, else by ordinary lookup.  NULL with an
+ * exception set on failure. */
+static PyObject *
+lockedfield_part(PyObject *dict, PyObject *wrapper, PyObject *name)
+{
+    if (dict != NULL) {
+        PyObject *v = PyDict_GetItemWithError(dict, name);
+        if (v != NULL) {
+            Py_INCREF(v);
+            return v;
+        }
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    return PyObject_GetAttr(wrapper, name);
+}
+
+/* Calls wrapper.<name>(), running a SemLock's own bound acquire() or
+ * release() in place.  Returns 0, or -1 with an exception set. */
+static int
+lockedfield_call(PyObject *dict, PyObject *wrapper, PyObject *name)
+{
+    PyObject *meth = lockedfield_part(dict, wrapper, name);
+    if (meth == NULL)
+        return -1;
+    int rc;
+    PyCFunction fn = PyCFunction_Check(meth) ? PyCFunction_GET_FUNCTION(meth)
+                                             : NULL;
+    if (fn == (PyCFunction)(void (*)(void))semlock_acquire)
+        rc = semlock_acquire_blocking(SemLock_CAST(PyCFunction_GET_SELF(meth)));
+    else if (fn == (PyCFunction)(void (*)(void))semlock_release)
+        rc = semlock_do_release(SemLock_CAST(PyCFunction_GET_SELF(meth)));
+    else {
+        PyObject *r = PyObject_CallNoArgs(meth);
+        rc = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    }
+    Py_DECREF(meth);
+    return rc < 0 ? -1 : 0;
+}
+
+/* Takes the wrapper's lock.  Sets *dict to a new reference to its
+ * instance dict (NULL if it has none) for lockedfield_leave().  Returns
+ * 0, or -1 with an exception set (and *dict cleared). */
+static int
+lockedfield_enter(LockedFieldObject *f, PyObject *wrapper, PyObject **dict)
+{
+    *dict = NULL;
+    if (Py_TYPE(wrapper)->tp_dictoffset != 0 &&
+        (*dict = PyObject_GenericGetDict(wrapper, NULL)) == NULL)
+        return -1;
+    if (lockedfield_call(*dict, wrapper, f->s_acquire) < 0) {
+        Py_CLEAR(*dict);
+        return -1;
+    }
+    return 0;
+}
+
+/* wrapper.release() as a `finally:` clause runs it: with an exception
+ * already set, that exception stays (or becomes the context of one the
+ * release raises).  Drops `dict`.  Returns 0, or -1 if an exception is
+ * set after it. */
+static int
+lockedfield_leave(LockedFieldObject *f, PyObject *wrapper, PyObject *dict)
+{
+    int rc;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *pending = PyErr_GetRaisedException();
+    rc = lockedfield_call(dict, wrapper, f->s_release);
+    if (pending != NULL) {
+        if (rc < 0) {
+            PyObject *now = PyErr_GetRaisedException();
+            PyException_SetContext(now, pending);   /* steals `pending` */
+            PyErr_SetRaisedException(now);
+        }
+        else {
+            PyErr_SetRaisedException(pending);
+        }
+        rc = -1;
+    }
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    rc = lockedfield_call(dict, wrapper, f->s_release);
+    if (type != NULL) {
+        if (rc < 0) {
+            /* Take the release's error out first: normalizing may call
+             * an exception class, which needs no exception set. */
+            PyObject *type2, *value2, *tb2;
+            PyErr_Fetch(&type2, &value2, &tb2);
+            PyErr_NormalizeException(&type, &value, &tb);
+            if (tb != NULL)
+                PyException_SetTraceback(value, tb);
+            PyErr_NormalizeException(&type2, &value2, &tb2);
+            PyException_SetContext(value2, value);  /* steals `value` */
+            Py_DECREF(type);
+            Py_XDECREF(tb);
+            PyErr_Restore(type2, value2, tb2);
+        }
+        else {
+            PyErr_Restore(type, value, tb);
+        }
+        rc = -1;
+    }
+#endif
+    Py_XDECREF(dict);
+    return rc;
+}
+
+static PyObject *
+lockedfield_get(PyObject *op, PyObject *wrapper, PyObject *Py_UNUSED(type))
+{
+    LockedFieldObject *f = LockedField_CAST(op);
+    PyObject *dict;
+    if (wrapper == NULL || wrapper == Py_None) {
+        Py_INCREF(op);
+        return op;
+    }
+    if (lockedfield_enter(f, wrapper, &dict) < 0)
+        return NULL;
+    PyObject *value = NULL;
+    PyObject *obj = lockedfield_part(dict, wrapper, f->s_obj);
+    if (obj != NULL) {
+        value = PyObject_GetAttr(obj, f->field);
+        Py_DECREF(obj);
+    }
+    if (lockedfield_leave(f, wrapper, dict) < 0)
+        Py_CLEAR(value);
+    return value;
+}
+
+static int
+lockedfield_set(PyObject *op, PyObject *wrapper, PyObject *value)
+{
+    LockedFieldObject *f = LockedField_CAST(op);
+    PyObject *dict;
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError,
+                     "locked field %R of %.100s objects cannot be deleted",
+                     f->field, Py_TYPE(wrapper)->tp_name);
+        return -1;
+    }
+    if (lockedfield_enter(f, wrapper, &dict) < 0)
+        return -1;
+    int rc = -1;
+    PyObject *obj = lockedfield_part(dict, wrapper, f->s_obj);
+    if (obj != NULL) {
+        rc = PyObject_SetAttr(obj, f->field, value);
+        Py_DECREF(obj);
+    }
+    if (lockedfield_leave(f, wrapper, dict) < 0)
+        rc = -1;
+    return rc;
+}
+
+static PyObject *
+lockedfield_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "doc", NULL};
+    PyObject *field, *doc = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "U|O:LockedField", kwlist,
+                                     &field, &doc))
+        return NULL;
+    LockedFieldObject *f = (LockedFieldObject *)type->tp_alloc(type, 0);
+    if (f == NULL)
+        return NULL;
+    Py_INCREF(field);
+    f->field = field;
+    Py_INCREF(doc);
+    f->doc = doc;
+    f->s_acquire = PyUnicode_InternFromString("acquire");
+    f->s_release = PyUnicode_InternFromString("release");
+    f->s_obj = PyUnicode_InternFromString("_obj");
+    if (f->s_acquire == NULL || f->s_release == NULL || f->s_obj == NULL) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    return (PyObject *)f;
+}
+
+static void
+lockedfield_dealloc(PyObject *op)
+{
+    LockedFieldObject *f = LockedField_CAST(op);
+    PyTypeObject *tp = Py_TYPE(op);
+    Py_XDECREF(f->field);
+    Py_XDECREF(f->doc);
+    Py_XDECREF(f->s_acquire);
+    Py_XDECREF(f->s_release);
+    Py_XDECREF(f->s_obj);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+lockedfield_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<%s %R>", Py_TYPE(op)->tp_name,
+                                LockedField_CAST(op)->field);
+}
+
+static PyObject *
+lockedfield_get_doc(PyObject *op, void *Py_UNUSED(closure))
+{
+    PyObject *doc = LockedField_CAST(op)->doc;
+    Py_INCREF(doc);
+    return doc;
+}
+
+static PyMemberDef lockedfield_members[] = {
+    {"name", T_OBJECT, offsetof(LockedFieldObject, field), READONLY,
+     "The wrapped object's attribute."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef lockedfield_getset[] = {
+    {"__doc__", lockedfield_get_doc, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot lockedfield_slots[] = {
+    {Py_tp_new, lockedfield_new},
+    {Py_tp_dealloc, lockedfield_dealloc},
+    {Py_tp_repr, lockedfield_repr},
+    {Py_tp_descr_get, lockedfield_get},
+    {Py_tp_descr_set, lockedfield_set},
+    {Py_tp_members, lockedfield_members},
+    {Py_tp_getset, lockedfield_getset},
+    {0, NULL},
+};
+
+static PyType_Spec lockedfield_spec = {
+    .name = "multiprocessing_c._mpcore.LockedField",
+    .basicsize = sizeof(LockedFieldObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = lockedfield_slots,
+};
+
 PyDoc_STRVAR(sem_unlink__doc__,
 "sem_unlink(name, /)\n--\n\n"
 "Remove the named semaphore `name` (FileNotFoundError if there is none).");
@@ -894,5 +1157,12 @@ mp_semaphore_init(PyObject *module, mp_state *st)
         Py_DECREF(flags);
         return -1;
     }
+    PyObject *lf = PyType_FromModuleAndSpec(module, &lockedfield_spec, NULL);
+    if (lf == NULL)
+        return -1;
+    rc = PyModule_AddType(module, (PyTypeObject *)lf);
+    Py_DECREF(lf);
+    if (rc < 0)
+        return -1;
     return PyModule_AddFunctions(module, semaphore_functions);
 }
