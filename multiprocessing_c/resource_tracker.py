@@ -199,6 +199,10 @@ class ResourceTracker(object):
 
 
 _resource_tracker = ResourceTracker()
+# A spawned child shares its parent's tracker: spawn_main() noted the pipe's
+# fd, and this module is imported only once the child needs it.
+_resource_tracker._fd = getattr(sys.modules.get(__package__ + '.spawn'),
+                                '_inherited_tracker_fd', None)
 
 
 def _after_fork_in_child():
