@@ -1,10 +1,20 @@
-/* fork + exec of a fresh interpreter for the spawn start method.
+/* vfork + exec of a fresh interpreter for the spawn start method.
  *
  * Everything the child needs (argv, the sorted list of fds to keep) is
- * built in the parent before fork().  Between fork() and execv() the
+ * built in the parent before vfork().  Between vfork() and execv() the
  * child calls only async-signal-safe functions and reports a failed exec
  * as a raw errno over a close-on-exec pipe; the parent turns it into
  * OSError.  Python code never runs in the child, so no PyOS_*Fork hooks.
+ *
+ * Why vfork: fork() copies the parent's page tables and the exec then
+ * tears the copy down, on the start's critical path and in proportion to
+ * the parent's size (~16 ms against ~0.4 ms for the stdlib's vfork-based
+ * spawn on a loaded 2-core machine, ~90 ms against 0.3 ms for a 200 MB
+ * parent).  The price is care: until it execs, the child runs on our
+ * memory and stack, so it never returns from vfork_exec(), never touches
+ * the heap, and no signal handler of ours may run in it (the parent
+ * blocks every signal around vfork(); the child resets caught signals to
+ * SIG_DFL, as exec would, before unblocking them).
  */
 #include "mpcore.h"
 
@@ -46,12 +56,25 @@ child_exec(const char *path, char *const argv[], const int *keep, int nkeep,
            int errpipe, int maxfd)
 {
     int err;
-    sigset_t all;
+    sigset_t none;
 
+    /* Every signal is blocked here (see the parent).  Handlers of ours
+     * must not run in a child that shares our memory: back to SIG_DFL, as
+     * exec would do anyway (ignored signals stay ignored). */
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+        if (sigaction(sig, NULL, &sa) != 0 || sa.sa_handler == SIG_IGN
+                || sa.sa_handler == SIG_DFL)
+            continue;
+        sa.sa_handler = SIG_DFL;
+        sa.sa_flags = 0;
+        sigemptyset(&sa.sa_mask);
+        (void)sigaction(sig, &sa, NULL);
+    }
     /* The interpreter we exec starts with no blocked signals, whatever
      * thread of the parent asked for it. */
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
 
     int lo = 3;
     for (int i = 0; i < nkeep; i++) {
@@ -73,6 +96,19 @@ fail:
     while (write(errpipe, &err, sizeof(err)) < 0 && errno == EINTR)
         ;
     _exit(127);
+}
+
+/* The child of vfork() runs on this frame's caller's stack until it
+ * execs or exits: it must never return from here.  Kept out of line so
+ * that the parent's own frame holds nothing the child could clobber. */
+__attribute__((noinline)) static pid_t
+vfork_exec(const char *path, char *const argv[], const int *keep, int nkeep,
+           int errpipe, int maxfd)
+{
+    pid_t pid = vfork();
+    if (pid == 0)
+        child_exec(path, argv, keep, nkeep, errpipe, maxfd);
+    return pid;
 }
 
 /* Converts a sequence of path-like objects into a NULL-terminated argv.
@@ -174,12 +210,22 @@ spawn_spawnv_passfds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (maxfd < 0 || maxfd > INT32_MAX)
         maxfd = 65536;
 
-    pid_t pid = fork();
-    if (pid == 0)
-        child_exec(PyBytes_AS_STRING(py_path), argv, keep, (int)nfds + 1,
-                   errpipe[1], (int)maxfd);
+    /* No handler of ours may run in the child while it shares our memory:
+     * block everything until vfork() returns (the child is then gone to
+     * its exec, or has exited). */
+    sigset_t all, saved;
+    sigfillset(&all);
+    int mask_err = pthread_sigmask(SIG_BLOCK, &all, &saved);
+    if (mask_err != 0) {
+        mp_set_oserror(mask_err);
+        goto done;
+    }
+    pid_t pid = vfork_exec(PyBytes_AS_STRING(py_path), argv, keep,
+                           (int)nfds + 1, errpipe[1], (int)maxfd);
+    int fork_err = errno;
+    (void)pthread_sigmask(SIG_SETMASK, &saved, NULL);
     if (pid < 0) {
-        mp_set_oserror(errno);
+        mp_set_oserror(fork_err);
         goto done;
     }
     close(errpipe[1]);

@@ -101,6 +101,18 @@ def run_worker(impl, name, n, timeout):
             'reason': 'worker exited with %s: %s' % (proc.returncode, tail)}
 
 
+def byte_compile():
+    """Write the bytecode of the checkout's packages, as installing them
+    would.  The stdlib runs from its precompiled .pyc files; a checkout
+    run with PYTHONDONTWRITEBYTECODE (or -B) compiles our sources again in
+    every fresh interpreter, and every spawned child is one, so the start
+    workloads would time the compiler.  Stale .pyc files are harmless:
+    Python checks them against the source."""
+    import compileall
+    for pkg in (PRIMARY, 'benchmarks'):
+        compileall.compile_dir(os.path.join(ROOT, pkg), quiet=1)
+
+
 def importable(impl):
     """None if `impl` imports in a fresh interpreter, else why not."""
     r = subprocess.run([sys.executable, '-c', 'import ' + impl], cwd=ROOT,
@@ -283,6 +295,10 @@ def parse_args(argv):
                          'the installed peers)')
     ap.add_argument('--reps', type=int,
                     help='repetitions per implementation (default 3 quick, 5 full)')
+    ap.add_argument('--from-source', action='store_true',
+                    help='do not byte-compile the checkout first: with '
+                         'PYTHONDONTWRITEBYTECODE, multiprocessing_c is then '
+                         'compiled in every interpreter it starts')
     ap.add_argument('--no-floor', action='store_true',
                     help='do not build and run the C floor programs')
     ap.add_argument('--timeout', type=float,
@@ -310,6 +326,8 @@ def main(argv=None):
     else:
         impls = [PRIMARY, BASELINE]
         peers = [p for p in PEERS if importlib.util.find_spec(p)]
+    if not args.from_source:
+        byte_compile()
     for impl in impls:
         why = importable(impl)
         if why:

@@ -2,29 +2,28 @@
 clean, preloaded self, which then unpickles the Process object the parent
 sends it, as a spawned child would."""
 import os
-import struct
 
 from . import forkserver
 from . import popen_fork
 from . import popen_spawn_posix
-from . import spawn
 from . import util
 from .process import _sentinel_ready
 
 __all__ = ['Popen']
 
-_HEADER = struct.Struct('>Q')
 
+class _DupFd(int):
+    """An fd passed to a forkserver child, as its index among the fds that
+    came with the child's request (the server's fd numbers are not ours)."""
 
-class _DupFd:
-    """An fd passed to a forkserver child, by its index among the fds the
-    child received (the server's fd numbers are not the parent's)."""
+    __slots__ = ()
 
-    def __init__(self, ind):
-        self.ind = ind
+    @property
+    def ind(self):
+        return int(self)
 
     def detach(self):
-        return forkserver.get_inherited_fds()[self.ind]
+        return forkserver.get_inherited_fds()[self]
 
 
 class Popen(popen_fork.Popen):
@@ -35,74 +34,53 @@ class Popen(popen_fork.Popen):
     method = 'forkserver'
     DupFd = _DupFd
 
-    def __init__(self, process_obj):
-        self._fds = []
-        super().__init__(process_obj)
-
     def duplicate_for_child(self, fd):
         # The fd travels with the request; the child finds it by index.
+        index = len(self._fds)
         self._fds.append(fd)
-        return len(self._fds) - 1
+        return index
 
     def _launch(self, process_obj):
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        payload = popen_spawn_posix._pickle_for_child(self, prep_data,
-                                                      process_obj)
+        self._fds = []
+        payload = popen_spawn_posix._child_payload(self, process_obj)
         forkserver.ensure_running()
         server = forkserver._forkserver._forkserver_pid
         try:
-            self._start(payload)
+            self._request(payload)
         except (EOFError, BrokenPipeError, ConnectionError):
             # The server died before it forked for us: once more, with a
             # fresh server.
             forkserver._forkserver._restart(server)
-            self._start(payload)
+            self._request(payload)
 
-    def _start(self, payload):
+    def _request(self, payload):
+        # Ask the server for a child, hand the child its payload, and learn
+        # its pid (or, as a negative number, why the server could not fork).
         self.sentinel, data_w = forkserver.connect_to_new_process(self._fds)
         self.finalizer = util.Finalize(self, util.close_fds,
                                        (self.sentinel, data_w))
         try:
-            with open(data_w, 'wb', closefd=False) as f:
-                f.write(_HEADER.pack(len(payload)))
-                f.write(payload)
+            popen_spawn_posix._write_all(data_w, payload)
             pid = forkserver.read_signed(self.sentinel)
+            if pid <= 0:
+                raise OSError(-pid, 'fork server could not fork: %s'
+                              % os.strerror(-pid))
         except BaseException:
             self.finalizer()
             self.finalizer = None
             raise
-        if pid <= 0:
-            self.finalizer()
-            self.finalizer = None
-            err = -pid
-            raise OSError(err, 'fork server could not fork: %s'
-                          % os.strerror(err))
         self.pid = pid
 
-    def poll(self, flag=os.WNOHANG):
-        """Return the exit code, or None while the child runs (flag 0:
-        wait for it)."""
-        if self.returncode is None:
-            timeout = 0 if flag == os.WNOHANG else None
-            if not _sentinel_ready(self.sentinel, timeout):
-                return None
-            try:
-                code = forkserver.read_signed(self.sentinel)
-            except (OSError, EOFError):
-                # The server died, and the child's exit code with it.
-                code = 255
-            else:
-                # The server closes the socket right after the report: wait
-                # for that, so that the sentinel stays ready from now on.
-                _sentinel_ready(self.sentinel, 5.0)
-            self.returncode = code
-        return self.returncode
-
-    def _send_signal(self, sig):
-        # Ask the server's report first: once it has reaped the child, the
-        # pid may already belong to someone else.
-        if self.poll() is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+    def _collect(self, flag):
+        if not _sentinel_ready(self.sentinel,
+                               0 if flag == os.WNOHANG else None):
+            return None
+        try:
+            code = forkserver.read_signed(self.sentinel)
+        except (OSError, EOFError):
+            # The server died, and the child's exit code with it.
+            return 255
+        # The server closes the socket right after the report: wait for
+        # that, so that the sentinel stays ready from now on.
+        _sentinel_ready(self.sentinel, 5.0)
+        return code

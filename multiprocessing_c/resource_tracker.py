@@ -215,6 +215,10 @@ _resource_tracker = ResourceTracker()
 ensure_running, register, unregister, getfd = (
     _resource_tracker.ensure_running, _resource_tracker.register,
     _resource_tracker.unregister, _resource_tracker.getfd)
+# A spawned child shares its parent's tracker: spawn_main() noted the pipe's
+# fd, and this module is imported only once the child needs it.
+_resource_tracker._fd = getattr(sys.modules.get(__package__ + '.spawn'),
+                                '_inherited_tracker_fd', None)
 
 
 def _after_fork_in_child():

@@ -9,6 +9,7 @@ reason.
 
 import errno  # noqa: F401  (the stdlib module offers it)
 import mmap
+import operator
 import os
 import secrets
 import struct
@@ -20,9 +21,11 @@ __all__ = ['SharedMemory', 'ShareableList']
 
 _USE_POSIX = True
 
-# Short enough for every POSIX system's limit on shared memory names.
+# Segment names: the prefix, then random hex digits, 13 characters in all,
+# short enough for every POSIX system's limit (14, counting the slash).
 _SHM_SAFE_NAME_LENGTH = 14
 _SHM_NAME_PREFIX = '/psm_'
+_NAME_RANDOM_BYTES = (_SHM_SAFE_NAME_LENGTH - len(_SHM_NAME_PREFIX)) // 2
 
 _O_CREX = os.O_CREAT | os.O_EXCL
 
@@ -30,11 +33,41 @@ _encoding = 'utf8'
 
 
 def _make_filename():
-    """A random name for a new segment, '/psm_' + hex digits."""
-    nbytes = (_SHM_SAFE_NAME_LENGTH - len(_SHM_NAME_PREFIX)) // 2
-    name = _SHM_NAME_PREFIX + secrets.token_hex(nbytes)
-    assert len(name) <= _SHM_SAFE_NAME_LENGTH
-    return name
+    """A random name for a new segment."""
+    return _SHM_NAME_PREFIX + secrets.token_hex(_NAME_RANDOM_BYTES)
+
+
+def _argument_error(name, flags, create, size):
+    """What is wrong with SharedMemory's arguments (the stdlib's messages,
+    checked in its order), or None."""
+    if not size >= 0:
+        return "'size' must be a positive integer"
+    if create and size == 0:
+        return "'size' must be a positive number different from zero"
+    if name is None and not flags & os.O_EXCL:
+        return "'name' can only be None if create=True"
+    return None
+
+
+def _open_fresh(flags, mode):
+    """Create a segment under a new random name: (name, fd)."""
+    for name in iter(_make_filename, None):
+        try:
+            return name, _mpcore.shm_open(name, flags, mode=mode)
+        except FileExistsError:
+            continue    # taken: draw another name
+
+
+def _map_whole(fd, new_size, shown_name):
+    """Map all of the segment open on `fd`, first giving a segment we just
+    created its size (`new_size`; 0 when attaching)."""
+    if new_size:
+        os.ftruncate(fd, new_size)
+    size = os.fstat(fd).st_size
+    if not size:
+        raise ValueError('cannot attach to the empty segment %r'
+                         % shown_name)
+    return mmap.mmap(fd, size)
 
 
 class SharedMemory:
@@ -47,104 +80,75 @@ class SharedMemory:
     the end of the program if nobody called ``unlink()``.
     """
 
-    _name = None
-    _fd = -1
-    _mmap = None
-    _buf = None
+    # How segments are opened (a subclass may change them: CPython's suite
+    # attaches-or-creates with _flags = O_CREAT | O_RDWR).
     _flags = os.O_RDWR
     _mode = 0o600
     _prepend_leading_slash = True
+    # What an instance holds; the defaults let close() and unlink() run on
+    # one whose __init__ failed half way.
+    _name = _mmap = _buf = None
+    _fd = -1
+    _size = 0
+    _track = True
 
     def __init__(self, name=None, create=False, size=0, *, track=True):
-        if not size >= 0:
-            raise ValueError("'size' must be a positive integer")
-        if create:
-            self._flags = _O_CREX | os.O_RDWR
-            if size == 0:
-                raise ValueError("'size' must be a positive number different "
-                                 "from zero")
-        if name is None and not self._flags & os.O_EXCL:
-            raise ValueError("'name' can only be None if create=True")
+        flags = _O_CREX | os.O_RDWR if create else self._flags
+        problem = _argument_error(name, flags, create, size)
+        if problem:
+            raise ValueError(problem)
+        self._flags = flags
         self._track = track
-
         if name is None:
-            while True:
-                name = _make_filename()
-                try:
-                    self._fd = _mpcore.shm_open(name, self._flags,
-                                                mode=self._mode)
-                except FileExistsError:
-                    continue
-                break
+            name, fd = _open_fresh(flags, self._mode)
         else:
             if self._prepend_leading_slash and not name.startswith('/'):
                 name = '/' + name
-            self._fd = _mpcore.shm_open(name, self._flags, mode=self._mode)
-        self._name = name
-        created = bool(self._flags & os.O_CREAT)
-
+            fd = _mpcore.shm_open(name, flags, mode=self._mode)
         try:
-            if create and size:
-                os.ftruncate(self._fd, size)
-            size = os.fstat(self._fd).st_size
-            if size == 0:
-                raise ValueError('cannot attach to the empty segment %r'
-                                 % self.name)
-            self._mmap = mmap.mmap(self._fd, size)
+            mapping = _map_whole(fd, size if create else 0, name.lstrip('/'))
         except BaseException:
-            os.close(self._fd)
-            self._fd = -1
+            os.close(fd)
             if create:
                 _mpcore.shm_unlink(name)
             raise
-        self._size = size
-        self._buf = memoryview(self._mmap)
-        if created and create and track:
+        self._name, self._fd, self._mmap = name, fd, mapping
+        self._size = len(mapping)
+        self._buf = memoryview(mapping)
+        if create and track:
             from . import resource_tracker
-            resource_tracker.register(self._name, 'shared_memory')
+            resource_tracker.register(name, 'shared_memory')
 
-    def __del__(self):
-        try:
-            self.close()
-        except OSError:
-            pass
-
-    def __reduce__(self):
-        return (self.__class__, (self.name, False, self.size))
-
-    def __repr__(self):
-        return '%s(%r, size=%d)' % (type(self).__name__, self.name, self.size)
-
-    @property
-    def buf(self):
-        "A memoryview of contents of the shared memory block."
-        return self._buf
+    buf = property(operator.attrgetter('_buf'),
+                   doc='A memoryview of contents of the shared memory block.')
+    size = property(operator.attrgetter('_size'), doc='Size in bytes.')
 
     @property
     def name(self):
         "Unique name that identifies the shared memory block."
         name = self._name
-        if self._prepend_leading_slash and name and name.startswith('/'):
-            name = name[1:]
+        if name and self._prepend_leading_slash and name[0] == '/':
+            return name[1:]
         return name
 
-    @property
-    def size(self):
-        "Size in bytes."
-        return self._size
+    def __repr__(self):
+        return '%s(%r, size=%d)' % (type(self).__name__, self.name, self.size)
 
     def close(self):
         """Closes access to the shared memory from this instance but does
         not destroy the shared memory block."""
-        if self._buf is not None:
-            self._buf.release()
-            self._buf = None
-        if self._mmap is not None:
-            self._mmap.close()
-            self._mmap = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        # The view goes before the map it exports, the map before its fd;
+        # each is forgotten only once it is closed (a BufferError from a
+        # view still in use leaves the rest open).
+        for attr, shut in (('_buf', memoryview.release),
+                           ('_mmap', mmap.mmap.close)):
+            obj = getattr(self, attr)
+            if obj is not None:
+                shut(obj)
+                setattr(self, attr, None)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def unlink(self):
         """Requests that the underlying shared memory block be destroyed.
@@ -153,9 +157,19 @@ class SharedMemory:
         instances."""
         if self._name:
             _mpcore.shm_unlink(self._name)
-            if getattr(self, '_track', True):
+            if self._track:
                 from . import resource_tracker
                 resource_tracker.unregister(self._name, 'shared_memory')
+
+    def __reduce__(self):
+        # Unpickled, it attaches to the same segment by name.
+        return type(self), (self.name, False, self.size)
+
+    def __del__(self):
+        try:
+            self.close()
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------------
@@ -353,14 +367,14 @@ class ShareableList:
 
     def count(self, value):
         "L.count(value) -> integer -- return number of occurrences of value."
-        return sum(value == entry for entry in self)
+        return list(self).count(value)
 
     def index(self, value):
         """L.index(value) -> integer -- return first index of value.
         Raises ValueError if the value is not present."""
-        for position, entry in enumerate(self):
-            if value == entry:
-                return position
+        items = list(self)
+        if value in items:
+            return items.index(value)
         raise ValueError('%r not in this container' % (value,))
 
     __class_getitem__ = classmethod(types.GenericAlias)

@@ -1,17 +1,16 @@
 """The child side of the spawn (and forkserver) start methods: what a
 fresh interpreter needs to become a copy of its parent's process (paths,
 working directory, the main module re-run as ``__mp_main__``), and the
-command line that starts it."""
+command line that starts it.
+
+A spawned child imports this module first, so it imports little: what
+only the parent needs, or only some children, is imported where used."""
 import io
 import os
 import pickle
-import runpy
-import struct
 import sys
-import types
 
 from . import process
-from . import util
 
 __all__ = ['_main', 'freeze_support', 'set_executable', 'get_executable',
            'get_preparation_data', 'get_command_line', 'import_main_path']
@@ -23,6 +22,11 @@ _python_exe = sys.executable
 
 # The command-line marker of a spawned child, for freeze_support().
 _CHILD_FLAG = '--multiprocessing-fork'
+
+# In a spawned child: the fd of the parent's resource tracker pipe, for
+# resource_tracker to adopt when it is first imported (most children never
+# need it).
+_inherited_tracker_fd = None
 
 
 def set_executable(exe):
@@ -40,76 +44,23 @@ def is_forking(argv):
     return len(argv) >= 2 and argv[1] == _CHILD_FLAG
 
 
-def freeze_support():
-    """In a frozen executable started as a child, run the child and exit."""
-    if is_forking(sys.argv):
-        kwds = {}
-        for arg in sys.argv[2:]:
-            name, value = arg.split('=', 1)
-            kwds[name] = None if value == 'None' else int(value)
-        spawn_main(**kwds)
-        sys.exit()
-
+# ------------------------------------------------------- the parent's side
 
 def get_command_line(**kwds):
     """Return the argv that starts a child running spawn_main(**kwds)."""
+    args = ['%s=%r' % item for item in kwds.items()]
     if getattr(sys, 'frozen', False):
-        return ([sys.executable, _CHILD_FLAG]
-                + ['%s=%r' % item for item in kwds.items()])
-    call = 'spawn_main(%s)' % ', '.join('%s=%r' % kv for kv in kwds.items())
-    prog = 'from %s.spawn import spawn_main; %s' % (__package__, call)
+        return [sys.executable, _CHILD_FLAG] + args
+    prog = 'from %s.spawn import spawn_main; spawn_main(%s)' % (
+        __package__, ', '.join(args))
     from . import _alias
     if _alias.active():
         # Under `python -m multiprocessing_c` the child resolves
         # `multiprocessing` to us before it unpickles anything.
         prog = 'import %s._alias as _a; _a.install(); %s' % (__package__, prog)
-    return ([get_executable()] + util._args_from_interpreter_flags()
+    from .util import _args_from_interpreter_flags
+    return ([get_executable()] + _args_from_interpreter_flags()
             + ['-c', prog, _CHILD_FLAG])
-
-
-def spawn_main(pipe_handle, parent_pid=None, tracker_fd=None):
-    """Entry point of a spawned child; never returns."""
-    if not is_forking(sys.argv) and not getattr(sys, 'frozen', False):
-        raise RuntimeError('spawn_main() runs only in a spawned child')
-    _use_tracker_fd(tracker_fd)
-    # Our copy of the data pipe's read end reports the parent's death.
-    parent_sentinel = os.dup(pipe_handle)
-    exitcode = _main(pipe_handle, parent_sentinel)
-    sys.exit(exitcode)
-
-
-def _use_tracker_fd(tracker_fd):
-    if tracker_fd is not None:
-        from . import resource_tracker
-        resource_tracker._resource_tracker._fd = tracker_fd
-
-
-def _read_exactly(f, n):
-    chunks = []
-    while n:
-        chunk = f.read(n)
-        if not chunk:
-            raise EOFError('the parent process went away while sending '
-                           'the new process its data')
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b''.join(chunks)
-
-
-def _main(fd, parent_sentinel):
-    # The payload is length-prefixed, so we never read past it while the
-    # parent keeps its end of the pipe open.
-    with open(fd, 'rb', closefd=True) as f:
-        (size,) = struct.unpack('>Q', _read_exactly(f, 8))
-        data = io.BytesIO(_read_exactly(f, size))
-    me = process.current_process()
-    me._inheriting = True
-    try:
-        prepare(pickle.load(data))
-        process_obj = pickle.load(data)
-    finally:
-        del me._inheriting
-    return process_obj._bootstrap(parent_sentinel)
 
 
 def _check_not_importing_main():
@@ -127,73 +78,158 @@ def _check_not_importing_main():
         (For a frozen executable, also call freeze_support() first.)''')
 
 
-def get_preparation_data(name):
-    """Return what a spawned child needs to mirror this process."""
-    _check_not_importing_main()
-    me = process.current_process()
-    data = {
-        'name': name,
-        'authkey': bytes(me.authkey),
-        'log_to_stderr': util._log_to_stderr,
-        # '' on sys.path means "the cwd at start-up", which may since have
-        # changed: pin it.
-        'sys_path': [process.ORIGINAL_DIR if p == '' else p
-                     for p in sys.path],
-        'sys_argv': sys.argv[:],
-        'orig_dir': process.ORIGINAL_DIR,
-        'dir': os.getcwd(),
-    }
-    if util._logger is not None:
-        data['log_level'] = util._logger.getEffectiveLevel()
-    from .context import _default_context
-    data['start_method'] = _default_context.get_start_method()
-
+def _main_module_reference():
+    """How a child finds this program's main module: by module name when
+    it was run with -m, else by the path of its file (absolute, as seen
+    from where the program started); {} when there is neither."""
     main = sys.modules['__main__']
     spec_name = getattr(getattr(main, '__spec__', None), 'name', None)
     if spec_name is not None:
-        data['init_main_from_name'] = spec_name
-    else:
-        path = getattr(main, '__file__', None)
-        if path is not None:
-            if not os.path.isabs(path) and process.ORIGINAL_DIR is not None:
-                path = os.path.join(process.ORIGINAL_DIR, path)
-            data['init_main_from_path'] = os.path.normpath(path)
+        return {'init_main_from_name': spec_name}
+    path = getattr(main, '__file__', None)
+    if path is None:
+        return {}
+    path = os.path.join(process.ORIGINAL_DIR or '', path)
+    return {'init_main_from_path': os.path.normpath(path)}
+
+
+def get_preparation_data(name):
+    """Return what a spawned child needs to mirror this process."""
+    _check_not_importing_main()
+    from . import util
+    from .context import _default_context
+    start_dir = process.ORIGINAL_DIR
+    data = dict(
+        _main_module_reference(),
+        name=name,
+        authkey=bytes(process.current_process().authkey),
+        log_to_stderr=util._log_to_stderr,
+        # '' on sys.path means "the cwd at start-up", which may since have
+        # changed: pin it.
+        sys_path=[start_dir if entry == '' else entry for entry in sys.path],
+        sys_argv=list(sys.argv),
+        orig_dir=start_dir,
+        dir=os.getcwd(),
+        start_method=_default_context.get_start_method(),
+    )
+    if util._logger is not None:
+        data['log_level'] = util._logger.getEffectiveLevel()
     return data
 
 
-old_main_modules = []
+# -------------------------------------------------------- the child's side
+
+def freeze_support():
+    """In a frozen executable started as a child, run the child and exit."""
+    if is_forking(sys.argv):
+        kwds = dict(arg.split('=', 1) for arg in sys.argv[2:])
+        spawn_main(**{key: None if text == 'None' else int(text)
+                      for key, text in kwds.items()})
+        sys.exit()
+
+
+def spawn_main(pipe_handle, parent_pid=None, tracker_fd=None):
+    """Entry point of a spawned child; never returns."""
+    if not is_forking(sys.argv) and not getattr(sys, 'frozen', False):
+        raise RuntimeError('spawn_main() runs only in a spawned child')
+    if tracker_fd is not None:
+        _adopt_tracker_fd(tracker_fd)
+    # Our copy of the data pipe's read end reports the parent's death.
+    sys.exit(_main(pipe_handle, os.dup(pipe_handle)))
+
+
+def _adopt_tracker_fd(fd):
+    global _inherited_tracker_fd
+    _inherited_tracker_fd = fd
+    tracker = sys.modules.get(__package__ + '.resource_tracker')
+    if tracker is not None:
+        tracker._resource_tracker._fd = fd
+
+
+def _receive(fd):
+    """The parent's payload on `fd` (which is closed after): 8 bytes of
+    length, big-endian, then that many bytes.  The length lets us stop
+    reading while the parent keeps its end of the pipe open."""
+    with open(fd, 'rb', closefd=True) as pipe:
+        head = pipe.read(8)
+        size = int.from_bytes(head, 'big') if len(head) == 8 else -1
+        body = pipe.read(size) if size > 0 else b''
+    if size < 0 or len(body) != size:
+        raise EOFError('the parent process went away while sending '
+                       'the new process its data')
+    return body
+
+
+def _main(fd, parent_sentinel):
+    stream = io.BytesIO(_receive(fd))
+    # While the preparation data is applied (the main module re-run) and
+    # the Process object unpickled, starting a process is an error.
+    me = process.current_process()
+    me._inheriting = True
+    try:
+        prepare(pickle.load(stream))
+        process_obj = pickle.load(stream)
+    finally:
+        del me._inheriting
+    return process_obj._bootstrap(parent_sentinel)
+
+
+def _set_on_current_process(attr):
+    return lambda value: setattr(process.current_process(), attr, value)
+
+
+def _log_to_stderr_if(wanted):
+    if wanted:
+        from . import util
+        util.log_to_stderr()
+
+
+def _set_log_level(level):
+    from . import util
+    util.get_logger().setLevel(level)
+
+
+def _set_original_dir(path):
+    process.ORIGINAL_DIR = path
+
+
+def _force_start_method(method):
+    from . import context
+    context._force_start_method(method)
+
+
+# What prepare() does with each key of the preparation data, in order.
+_PREPARATION_STEPS = (
+    ('name', _set_on_current_process('name')),
+    ('authkey', _set_on_current_process('authkey')),
+    ('log_to_stderr', _log_to_stderr_if),
+    ('log_level', _set_log_level),
+    ('sys_path', lambda path: setattr(sys, 'path', path)),
+    ('sys_argv', lambda argv: setattr(sys, 'argv', argv)),
+    ('dir', os.chdir),
+    ('orig_dir', _set_original_dir),
+    ('start_method', _force_start_method),
+)
 
 
 def prepare(data):
     """Apply preparation data in a spawned child."""
-    me = process.current_process()
-    if 'name' in data:
-        me.name = data['name']
-    if 'authkey' in data:
-        me.authkey = data['authkey']
-    if data.get('log_to_stderr'):
-        util.log_to_stderr()
-    if 'log_level' in data:
-        util.get_logger().setLevel(data['log_level'])
-    if 'sys_path' in data:
-        sys.path = data['sys_path']
-    if 'sys_argv' in data:
-        sys.argv = data['sys_argv']
-    if 'dir' in data:
-        os.chdir(data['dir'])
-    if 'orig_dir' in data:
-        process.ORIGINAL_DIR = data['orig_dir']
-    if 'start_method' in data:
-        from . import context
-        context._force_start_method(data['start_method'])
+    for key, apply in _PREPARATION_STEPS:
+        if key in data:
+            apply(data[key])
     _import_parent_main(data.get('init_main_from_name'),
                         data.get('init_main_from_path'))
+
+
+old_main_modules = []
 
 
 def _import_parent_main(mod_name, main_path):
     """Run the parent's main module here as ``__mp_main__`` (and make it
     ``__main__``), so that what the parent pickled as ``__main__.X`` can be
     found.  The ``if __name__ == '__main__'`` block does not run again."""
+    import runpy
+    import types
     current = sys.modules['__main__']
     if mod_name is not None:
         # A package's __main__ is a program, not a library: never re-run it.
@@ -219,6 +255,14 @@ def _import_parent_main(mod_name, main_path):
     sys.modules['__main__'] = sys.modules['__mp_main__'] = module
 
 
-def import_main_path(main_path):
+def _fixup_main_from_name(mod_name):
+    """Run the module `mod_name` as this process's __mp_main__."""
+    _import_parent_main(mod_name, None)
+
+
+def _fixup_main_from_path(main_path):
     """Run the script at `main_path` as this process's __mp_main__."""
     _import_parent_main(None, main_path)
+
+
+import_main_path = _fixup_main_from_path

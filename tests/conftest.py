@@ -2,7 +2,10 @@
 left running (script helpers are in testutil.py)."""
 import pytest
 
-import multiprocessing_c
+# The shared checks in testutil.py assert: let pytest explain their failures.
+pytest.register_assert_rewrite('testutil')
+
+import multiprocessing_c  # noqa: E402
 
 # forkserver joins this list when the fork server exists.
 START_METHODS = [m for m in ('fork', 'spawn', 'forkserver')

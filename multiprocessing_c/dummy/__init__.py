@@ -1,8 +1,12 @@
 """The multiprocessing API over threads: Process is a thread, Pool is a
 ThreadPool, queues and locks are the threading ones.  Useful to run code
-written for processes in one process (I/O-bound work, debugging)."""
+written for processes in one process (I/O-bound work, debugging).
+
+Threads share memory, so the "shared" types are the plain ones: Value is a
+holder, Array an array.array, and Manager() is this module itself (its
+Queue, Lock, dict, list ... already make objects every thread sees)."""
 import array
-import queue
+import builtins
 import sys
 import threading
 import weakref
@@ -23,59 +27,50 @@ __all__ = [
 ]
 
 JoinableQueue = Queue
-
-
-def _children_of(thread):
-    # Each thread keeps the "processes" it started, weakly.
-    children = getattr(thread, '_children', None)
-    if children is None:
-        children = weakref.WeakKeyDictionary()
-        thread._children = children
-    return children
-
-
-class DummyProcess(threading.Thread):
-    """A thread with the Process API (start, join, is_alive, exitcode)."""
-
-    def __init__(self, group=None, target=None, name=None, args=(),
-                 kwargs={}):
-        threading.Thread.__init__(self, group, target, name, args, kwargs)
-        self._pid = None
-        self._children = weakref.WeakKeyDictionary()
-        self._start_called = False
-        self._parent = current_process()
-
-    def start(self):
-        if self._parent is not current_process():
-            raise RuntimeError(
-                'Parent is {0!r} but current_process is {1!r}'.format(
-                    self._parent, current_process()))
-        self._start_called = True
-        _children_of(self._parent)[self] = None
-        threading.Thread.start(self)
-
-    @property
-    def exitcode(self):
-        """0 once the thread has finished, None before."""
-        if self._start_called and not self.is_alive():
-            return 0
-        return None
-
-
-Process = DummyProcess
-
-
-def active_children():
-    """The DummyProcess threads this thread started that are still alive."""
-    children = _children_of(current_process())
-    for p in list(children):
-        if not p.is_alive():
-            children.pop(p, None)
-    return list(children)
+# Manager().dict() and Manager().list(), as with a real manager.
+dict = builtins.dict
+list = builtins.list
 
 
 def freeze_support():
-    pass
+    """Nothing to do: no child interpreter is ever started."""
+
+
+def shutdown():
+    """Nothing to shut down: Manager() started no server."""
+
+
+def Manager():
+    """The module itself: its factories already make shared objects."""
+    return sys.modules[__name__]
+
+
+def Pipe(duplex=True):
+    """Two connected Connection objects over queues."""
+    return connection.Pipe(duplex)
+
+
+def Pool(processes=None, initializer=None, initargs=()):
+    """A ThreadPool of `processes` threads."""
+    from ..pool import ThreadPool
+    return ThreadPool(processes, initializer, initargs)
+
+
+def Array(typecode, sequence, lock=True):
+    """An array.array: threads share memory already."""
+    return array.array(typecode, sequence)
+
+
+class Value:
+    """A plain holder with the .value attribute of sharedctypes.Value."""
+
+    def __init__(self, typecode, value, lock=True):
+        self._typecode = typecode
+        self.value = value
+
+    def __repr__(self):
+        return '<%s(%r, %r)>' % (type(self).__name__, self._typecode,
+                                 self.value)
 
 
 class Namespace:
@@ -85,52 +80,56 @@ class Namespace:
         self.__dict__.update(kwds)
 
     def __repr__(self):
-        shown = ['%s=%r' % (k, v) for k, v in sorted(self.__dict__.items())
-                 if not k.startswith('_')]
+        shown = ['%s=%r' % kv for kv in sorted(self.__dict__.items())
+                 if not kv[0].startswith('_')]
         return '%s(%s)' % (type(self).__name__, ', '.join(shown))
 
 
-class Value:
-    """A plain holder with the .value attribute of sharedctypes.Value."""
+# -- "processes" --------------------------------------------------------
+#
+# Each thread remembers, weakly, the DummyProcess threads it started; the
+# main thread's table is made on first use like any other's.
 
-    def __init__(self, typecode, value, lock=True):
-        self._typecode = typecode
-        self._value = value
+def _started_by(thread):
+    table = thread.__dict__.get('_children')
+    if table is None:
+        table = thread._children = weakref.WeakKeyDictionary()
+    return table
+
+
+def active_children():
+    """The DummyProcess threads this thread started that are still alive."""
+    table = _started_by(current_process())
+    for finished in [t for t in table.keys() if not t.is_alive()]:
+        table.pop(finished, None)
+    return builtins.list(table)
+
+
+class DummyProcess(threading.Thread):
+    """A thread with the Process API (start, join, is_alive, exitcode)."""
+
+    def __init__(self, group=None, target=None, name=None, args=(),
+                 kwargs={}):
+        self._parent = current_process()
+        self._pid = None
+        super().__init__(group, target, name, args, kwargs)
+        self._children = weakref.WeakKeyDictionary()
+
+    def start(self):
+        starter = current_process()
+        if starter is not self._parent:
+            raise RuntimeError(
+                'Parent is {0!r} but current_process is {1!r}'.format(
+                    self._parent, starter))
+        _started_by(starter)[self] = None
+        super().start()
 
     @property
-    def value(self):
-        return self._value
-
-    @value.setter
-    def value(self, value):
-        self._value = value
-
-    def __repr__(self):
-        return '<%s(%r, %r)>' % (type(self).__name__, self._typecode,
-                                 self._value)
+    def exitcode(self):
+        """0 once the thread has finished, None before (or unstarted)."""
+        if self.ident is None or self.is_alive():
+            return None
+        return 0
 
 
-def Array(typecode, sequence, lock=True):
-    """An array.array: threads share memory already."""
-    return array.array(typecode, sequence)
-
-
-def Manager():
-    """The module itself: its factories already make shared objects."""
-    return sys.modules[__name__]
-
-
-def shutdown():
-    pass
-
-
-def Pool(processes=None, initializer=None, initargs=()):
-    """A ThreadPool of `processes` threads."""
-    from ..pool import ThreadPool
-    return ThreadPool(processes, initializer, initargs)
-
-
-def Pipe(duplex=True):
-    """Two connected Connection objects over queues."""
-    from .connection import Pipe as _pipe
-    return _pipe(duplex)
+Process = DummyProcess

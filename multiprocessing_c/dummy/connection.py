@@ -47,32 +47,40 @@ def Client(address):
     return Connection(to_client, to_listener)
 
 
-def Pipe(duplex=True):
-    """Two connected Connection objects (both ends can send and receive)."""
-    a, b = queue.Queue(), queue.Queue()
-    return Connection(a, b), Connection(b, a)
-
-
 class Connection(_Closable):
-    """One end of a thread connection: objects are passed, not copied."""
+    """One end of a thread connection: objects are passed, not copied.
+    send() puts on the peer's inbox, recv() takes from ours; the *_bytes
+    variants are the same calls."""
 
     def __init__(self, _in, _out):
         self._in = _in
         self._out = _out
-        self.send = self.send_bytes = _out.put
-        self.recv = self.recv_bytes = _in.get
+
+    def send(self, obj):
+        self._out.put(obj)
+
+    def recv(self):
+        return self._in.get()
+
+    send_bytes = send
+    recv_bytes = recv
 
     def poll(self, timeout=0.0):
         """Whether an object is ready to receive, waiting up to `timeout`
         seconds (None: forever)."""
-        if self._in.qsize() > 0:
-            return True
+        inbox = self._in
         if timeout is not None and timeout <= 0.0:
-            return False
+            return inbox.qsize() > 0
         # Peek without taking: wait on the queue's own condition (its lock
         # is held there, so read the size with _qsize(), not qsize()).
-        with self._in.not_empty:
-            return bool(self._in.not_empty.wait_for(self._in._qsize, timeout))
+        with inbox.not_empty:
+            return bool(inbox.not_empty.wait_for(inbox._qsize, timeout))
 
     def close(self):
         pass
+
+
+def Pipe(duplex=True):
+    """Two connected Connection objects (both ends can send and receive)."""
+    one_way, other_way = queue.Queue(), queue.Queue()
+    return Connection(one_way, other_way), Connection(other_way, one_way)
