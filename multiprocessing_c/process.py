@@ -46,7 +46,8 @@ def active_children():
 
 def _cleanup():
     # poll() reaps; forget every child that has an exit code by now.
-    ended = {child for child in _children
+    # A snapshot: other threads start and reap children meanwhile.
+    ended = {child for child in tuple(_children)
              if child._popen is not None and child._popen.poll() is not None}
     _children.difference_update(ended)
 
