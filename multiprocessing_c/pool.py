@@ -470,8 +470,19 @@ class Pool:
     def Process(ctx, *args, **kwds):
         return ctx.Process(*args, **kwds)
 
+    def __new__(cls, *args, backend=None, **kwds):
+        # backend="ray"/"dask" (or MULTIPROCESSING_C_POOL_BACKEND): the
+        # engine's Pool subclass, from multiprocessing_c.backends.
+        if cls is Pool:
+            backend = backend or os.environ.get(
+                'MULTIPROCESSING_C_POOL_BACKEND')
+            if backend:
+                from .backends import pool_class
+                cls = pool_class(backend)
+        return object.__new__(cls)
+
     def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None):
+                 maxtasksperchild=None, context=None, *, backend=None):
         # Set first, so that __del__ has what it reads whatever fails below.
         self._pool = []
         self._state = INIT
