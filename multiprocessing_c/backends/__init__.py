@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 import os
 
-__all__ = ['ENV_VAR', 'BackendNotAvailable', 'check', 'parse', 'pool_class',
+__all__ = ['ENV_VAR', 'BackendNotAvailable', 'RefusedArgument', 'check', 'parse', 'pool_class',
            'executor_class']
 
 ENV_VAR = 'MULTIPROCESSING_C_POOL_BACKEND'
@@ -31,6 +31,11 @@ _ENGINES = {
 
 class BackendNotAvailable(ImportError):
     """The engine a backend needs is not installed."""
+
+
+class RefusedArgument(TypeError):
+    """A task argument that cannot leave this machine (a Queue, a Lock, a
+    Value, a manager proxy, a Connection...) was given to a backend."""
 
 
 def parse(spec):

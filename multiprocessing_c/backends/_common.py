@@ -24,6 +24,7 @@ import types
 
 from .. import pool as _pool
 from .. import util
+from . import RefusedArgument
 
 # --------------------------------------------- objects tied to this machine
 
@@ -79,10 +80,6 @@ def _shared_ctypes(obj):
     if isinstance(objs, dict):
         return any(isinstance(v, memoryview) for v in objs.values())
     return False
-
-
-class RefusedArgument(TypeError):
-    """An argument that cannot cross machines was passed to a backend."""
 
 
 def _refuse(obj, why, engine):
@@ -350,7 +347,11 @@ class RemoteDispatcher:
             self._check_timeout_supported()
         try:
             data = self._dumps(payload_of(func, args, kwds))
-        except RefusedArgument:
+        except RefusedArgument as e:
+            if isinstance(result, _pool.IMapIterator):
+                # imap's feeder thread: the iterator raises it in order.
+                result._set(i, (False, e))
+                return
             # Refused at once, in the caller: nothing was sent.
             self._cache.pop(getattr(result, '_job', None), None)
             raise

@@ -87,6 +87,17 @@ def _actor_class():
     return _RemoteWorker
 
 
+def _cpus_per_worker(processes):
+    # A CPU per worker where the cluster has them free; else a share of
+    # what is free, down to none: the pool starts at once and its workers
+    # share CPUs, as a local pool's processes do, instead of waiting for
+    # another pool to end.  ray_remote_args={"num_cpus": 1} waits instead.
+    total = float(ray.cluster_resources().get('CPU', 1))
+    free = float(ray.available_resources().get('CPU', 0))
+    share = min(1.0, total / processes, free / processes)
+    return 0 if share < 0.01 else round(share - 0.00005, 4)
+
+
 def _lost_detail(e):
     # Ray's message is long: keep what says how the process ended.
     text = ' '.join(str(e).split())
@@ -104,10 +115,7 @@ class _RayDispatcher(_common.RemoteDispatcher):
         super().__init__(*args, **kwds)
         self._options = dict(ray_options or {})
         if 'num_cpus' not in self._options:
-            # As many CPUs as there are workers; oversubscribed like a local
-            # pool when it asks for more workers than the cluster has.
-            self._options['num_cpus'] = min(
-                1.0, cluster_cpus() / float(self._processes))
+            self._options['num_cpus'] = _cpus_per_worker(self._processes)
 
     def _start_slot(self, slot):
         actor = _actor_class().options(**self._options).remote(
