@@ -613,9 +613,11 @@ class RemoteDispatcher:
                 self._retry.appendleft(slot.inflight.pop()[0])
             self._stop(slot, graceful=False)
         util.debug('%s worker %s lost: %s', self.engine, pid, exc.detail)
-        err = _pool.WorkerLostError(
-            '%s pool worker process %s died while running this task: %s'
-            % (self.engine, pid, exc.detail), pid, None)
+        who = 'a %s pool worker' % self.engine
+        if pid is not None:
+            who = '%s pool worker process %s' % (self.engine, pid)
+        err = _pool.WorkerLostError('%s died while running this task: %s'
+                                    % (who, exc.detail), pid, None)
         result._set(i, (False, err))
         self._after_loss(pid, None, err)
 

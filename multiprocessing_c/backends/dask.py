@@ -121,10 +121,6 @@ class _DaskDispatcher(_common.RemoteDispatcher):
         self._client = client
         self._owned = owned
         self._token = 'mpc-pool-' + uuid.uuid4().hex
-        self._init_ref = None
-        if self._init_payload is not None:
-            [self._init_ref] = client.scatter([self._init_payload],
-                                              hash=False)
 
     def _check_timeout_supported(self):
         raise ValueError('the dask backend does not support a per-task '
@@ -137,8 +133,10 @@ class _DaskDispatcher(_common.RemoteDispatcher):
         return None, None, None
 
     def _send(self, slot, data):
-        return self._client.submit(_run_task, self._token, self._init_ref,
-                                   data, pure=False)
+        # The initializer travels with each task (it runs once per worker):
+        # scattered data would be lost with the worker that held it.
+        return self._client.submit(_run_task, self._token,
+                                   self._init_payload, data, pure=False)
 
     def _watch(self, fut, event):
         put = self._events.put
@@ -148,7 +146,9 @@ class _DaskDispatcher(_common.RemoteDispatcher):
         try:
             ok, data = fut.result()
         except _KilledWorker as e:
-            raise _common.WorkerLost(str(e)[:300]) from e
+            detail = ' '.join(str(e).split())
+            raise _common.WorkerLost(
+                detail.split(' Inspecting worker logs')[0][:400]) from e
         if not ok:
             raise _common.InitFailed(_common.loads_result(data))
         return data
@@ -169,8 +169,6 @@ class _DaskDispatcher(_common.RemoteDispatcher):
             return
         self._client = None
         try:
-            if self._init_ref is not None:
-                self._init_ref.release()
             client.run(_forget, self._token)
         except Exception:
             pass
