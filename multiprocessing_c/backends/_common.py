@@ -415,6 +415,10 @@ class RemoteDispatcher:
         """Post `event` to the handler when `fut` completes."""
         raise NotImplementedError
 
+    def _prefetch(self, futs):
+        """Results of these finished tasks are about to be fetched: an
+        engine may get them in one go."""
+
     def _fetch(self, fut):
         """The result bytes of a finished task; WorkerLost if its worker
         died."""
@@ -462,14 +466,19 @@ class RemoteDispatcher:
             if self._closing and self._idle():
                 return
             event = self._next_event(self._next_timeout())
+            events = []
             while event is not None:
-                self._handle(event)
-                if self._terminating:
-                    return
+                events.append(event)
                 try:
                     event = self._events.get_nowait()
                 except queue.Empty:
                     break
+            self._prefetch([e[2] for e in events
+                            if e is not None and e[0] == 'done'])
+            for event in events:
+                self._handle(event)
+                if self._terminating:
+                    return
             self._check_deadlines()
 
     def _next_event(self, timeout):

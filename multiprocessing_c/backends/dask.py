@@ -121,6 +121,7 @@ class _DaskDispatcher(_common.RemoteDispatcher):
         self._client = client
         self._owned = owned
         self._token = 'mpc-pool-' + uuid.uuid4().hex
+        self._fetched = {}
 
     def _check_timeout_supported(self):
         raise ValueError('the dask backend does not support a per-task '
@@ -142,9 +143,28 @@ class _DaskDispatcher(_common.RemoteDispatcher):
         put = self._events.put
         fut.add_done_callback(lambda f: put(event))
 
+    # Dask's round trip is long: more tasks wait at the scheduler per
+    # worker, so that workers need not wait for it between tasks.
+    depth = 8
+
+    def _prefetch(self, futs):
+        # One gather for every result that came in together, rather than
+        # a fetch from a worker for each.
+        done = [f for f in futs if f.status == 'finished']
+        self._fetched = {}
+        if len(done) > 1:
+            try:
+                values = self._client.gather(done)
+            except Exception:
+                return
+            self._fetched = {f.key: v for f, v in zip(done, values)}
+
     def _fetch(self, fut):
         try:
-            ok, data = fut.result()
+            if fut.key in self._fetched:
+                ok, data = self._fetched.pop(fut.key)
+            else:
+                ok, data = fut.result()
         except _KilledWorker as e:
             detail = ' '.join(str(e).split())
             raise _common.WorkerLost(
