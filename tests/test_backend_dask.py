@@ -251,6 +251,7 @@ def test_lost_worker_gives_worker_lost_error_and_is_replaced(pool, tmp_path):
     with pytest.raises(mpc_pool.WorkerLostError) as info:
         r.get(timeout=60)
     assert 'died while running this task' in str(info.value)
+    client.wait_for_workers(2, timeout=60)     # the nannies restarted them
     assert pool.map(sqr, range(6)) == [0, 1, 4, 9, 16, 25]
     assert len(pool._pool) == 2
     assert pool.apply(setting, (0,)) == ('configured', 0)   # re-initialized

@@ -4,9 +4,11 @@ with none of its daemons left): every Pool method, AsyncResult, errors
 with their remote traceback, refused arguments, initializer globals,
 maxtasksperchild, a killed worker, and an unchanged script under
 ``python -m multiprocessing_c --pool-backend ray:ADDRESS``."""
+import gc
 import os
 import signal
 import time
+import warnings
 
 import pytest
 
@@ -46,9 +48,16 @@ def cluster():
     before = set(_descendants())
     for attempt in (1, 2):
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     runtime_env={'env_vars': {
-                         'PYTHONPATH': os.pathsep.join([TESTS, ROOT])}})
+            with warnings.catch_warnings():
+                # Ray's own warnings at start (2.51, the last release for
+                # Python 3.9, warns of future changes and leaves files of
+                # its own to the garbage collector) are not ours to fail on.
+                warnings.simplefilter('ignore')
+                ray.init(num_cpus=2, include_dashboard=False,
+                         log_to_driver=False,
+                         runtime_env={'env_vars': {
+                             'PYTHONPATH': os.pathsep.join([TESTS, ROOT])}})
+                gc.collect()
             break
         except Exception:
             # Ray gives its raylet 30 s to register; a machine busy enough
@@ -59,7 +68,11 @@ def cluster():
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
-        ray.shutdown()
+        with warnings.catch_warnings():
+            # Ray 2.51 drops its Popen objects of daemons still exiting.
+            warnings.simplefilter('ignore', ResourceWarning)
+            ray.shutdown()
+            gc.collect()
         # gcs_server, raylet and the workers are daemons of their own:
         # every one started here must be gone.
         deadline = time.monotonic() + 30
