@@ -237,7 +237,8 @@ def test_unpicklable_argument_fails_in_get(pool):
         r.get(timeout=60)
 
 
-def test_lost_worker_gives_worker_lost_error_and_is_replaced(pool, tmp_path):
+def test_lost_worker_gives_worker_lost_error_and_is_replaced(client, pool,
+                                                           tmp_path):
     with pytest.raises(mpc_pool.WorkerLostError, match='died'):
         pool.apply(exit_now)
     path = tmp_path / 'pid'
