@@ -46,6 +46,10 @@ def _descendants():
 @pytest.fixture(scope='module')
 def cluster():
     before = set(_descendants())
+    # ray.init installs a SIGTERM handler (sys.exit) that ray.shutdown
+    # leaves behind; later tests fork children that must die by SIGTERM.
+    handlers = {sig: signal.getsignal(sig)
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     for attempt in (1, 2):
         try:
             with warnings.catch_warnings():
@@ -73,6 +77,8 @@ def cluster():
             warnings.simplefilter('ignore', ResourceWarning)
             ray.shutdown()
             gc.collect()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         # gcs_server, raylet and the workers are daemons of their own:
         # every one started here must be gone.
         deadline = time.monotonic() + 30
