@@ -458,7 +458,12 @@ class RemoteDispatcher:
 
     def _loop(self):
         while not self._terminating:
-            self._maintain()
+            try:
+                self._maintain()
+            except Exception as e:
+                # The engine cannot start a worker (it was shut down, the
+                # cluster is gone): fail the work rather than wait for it.
+                self._break(e)
             self._dispatch()
             if self._space_low >= 0 and self.backlog() <= self._space_low:
                 self._space_low = -1
@@ -549,7 +554,11 @@ class RemoteDispatcher:
             return
         if not result._start(i):
             return                        # cancelled meanwhile (executors)
-        fut = self._send(slot, data)
+        try:
+            fut = self._send(slot, data)
+        except Exception as e:
+            result._set(i, (False, e))
+            return
         slot.inflight.append((task, fut))
         if len(slot.inflight) == 1 and timeout is not None:
             slot.deadline = time.monotonic() + timeout
@@ -563,6 +572,10 @@ class RemoteDispatcher:
             self._break(_pool.WorkerLostError(
                 '%s worker died before its initializer finished: %s'
                 % (self.engine, e.detail), e.pid))
+            return
+        except Exception as e:
+            self._remove(slot)
+            self._break(e)
             return
         slot.worker.pid, slot.worker.node = pid, node
         if init_error is not None:

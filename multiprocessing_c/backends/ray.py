@@ -19,7 +19,6 @@ import ray
 import ray.cloudpickle as _cloudpickle
 import ray.exceptions as _rex
 
-from .. import futures as _futures
 from .. import pool as _pool
 from . import _common, parse, from_environment
 
