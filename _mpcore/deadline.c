@@ -58,3 +58,28 @@ mp_deadline_timespec(int64_t deadline, struct timespec *ts)
     ts->tv_sec = (time_t)(deadline / NS_PER_SEC);
     ts->tv_nsec = (long)(deadline % NS_PER_SEC);
 }
+
+int
+mp_wait_until(mp_wait_step step, void *arg, int64_t deadline)
+{
+    for (;;) {
+        int res, err;
+        Py_BEGIN_ALLOW_THREADS
+        res = step(arg, deadline);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (res >= 0)
+            return 1;
+        switch (err) {
+        case ETIMEDOUT:
+            return 0;
+        case EINTR:
+            if (PyErr_CheckSignals() < 0)
+                return -1;
+            break;
+        default:
+            mp_set_oserror(err);
+            return -1;
+        }
+    }
+}

@@ -108,6 +108,20 @@ int mp_deadline_remaining_ms(int64_t deadline);
 /* The absolute CLOCK_MONOTONIC timespec of a finite deadline. */
 void mp_deadline_timespec(int64_t deadline, struct timespec *ts);
 
+/* One blocking step of a timed wait, run with the GIL released (so it
+ * must not touch Python objects).  It waits until its event or
+ * `deadline` (MP_FOREVER: no limit) and returns >= 0 when the event came,
+ * or -1 with errno set: ETIMEDOUT once the deadline has passed, EINTR to
+ * be retried, anything else an error. */
+typedef int (*mp_wait_step)(void *arg, int64_t deadline);
+
+/* The timed-wait loop shared by every blocking primitive: runs `step`
+ * with the GIL released; on EINTR runs the signal handlers (so Ctrl-C
+ * ends the wait) and retries against the same absolute deadline, so
+ * retries never stretch the timeout.  Call with the GIL held.  Returns 1
+ * when the event came, 0 on timeout, -1 with an exception set. */
+int mp_wait_until(mp_wait_step step, void *arg, int64_t deadline);
+
 /* ---- semaphore.c: SemLock internals for other concept files ----
  * For non-recursive SemLocks only; all three need the GIL. */
 

@@ -475,6 +475,39 @@ def rawarray_create(mp, n):
     return _create_many(lambda: ctx.RawArray('d', 1000), n)
 
 
+@workload('array_create_1m', 'ms', ['sharedctypes', 'synchronize'], 20, 100,
+          what="Array('d', 1_000_000) creation (with its lock) and release")
+def array_create_1m(mp, n):
+    ctx = _ctx(mp)
+    for _ in range(3):      # warm-up: the heap's first big arena
+        ctx.Array('d', 1000000)
+    t0 = perf_counter()
+    for _ in range(n):
+        ctx.Array('d', 1000000)
+    return perf_counter() - t0
+
+
+_LIVE_BLOCKS = 100
+
+
+@workload('heap_small_blocks', 'us', ['heap'], 20000, 200000,
+          what='heap.BufferWrapper(16) allocation and free (100 live at a '
+               'time), per block')
+def heap_small_blocks(mp, n):
+    BufferWrapper = submodule(mp, 'heap').BufferWrapper
+
+    def allocate(k):
+        while k > 0:
+            batch = min(k, _LIVE_BLOCKS)
+            blocks = [BufferWrapper(16) for _ in range(batch)]
+            del blocks
+            k -= batch
+    allocate(1000)
+    t0 = perf_counter()
+    allocate(n)
+    return perf_counter() - t0
+
+
 @workload('shm_create_attach', 'us', ['shared_memory'], 300, 2000,
           floor=('shm_create_attach', [65536]),
           what='SharedMemory(create=True, size=64 KiB), attach by name, '

@@ -16,19 +16,20 @@ __all__ = ()
 
 
 class ProcessError(Exception):
-    pass
+    """The base of the package's own exceptions."""
 
 
 class BufferTooShort(ProcessError):
-    pass
+    """recv_bytes_into() got a message larger than the buffer; the message
+    is args[0]."""
 
 
 class TimeoutError(ProcessError):
-    pass
+    """A method with a timeout ran out of time (AsyncResult.get())."""
 
 
 class AuthenticationError(ProcessError):
-    pass
+    """The other end of a connection failed the authkey challenge."""
 
 
 class _Factory:
@@ -90,14 +91,12 @@ class _BoundFactory:
 class BaseContext:
     """The factories and functions of the package, bound to a start method."""
 
-    ProcessError = ProcessError
-    BufferTooShort = BufferTooShort
-    TimeoutError = TimeoutError
-    AuthenticationError = AuthenticationError
-
-    current_process = staticmethod(process.current_process)
-    parent_process = staticmethod(process.parent_process)
-    active_children = staticmethod(process.active_children)
+    # The exceptions and the process functions, from any context.
+    ProcessError, BufferTooShort, TimeoutError, AuthenticationError = (
+        ProcessError, BufferTooShort, TimeoutError, AuthenticationError)
+    current_process, parent_process, active_children = map(staticmethod, (
+        process.current_process, process.parent_process,
+        process.active_children))
 
     # Shared objects: each is the submodule's class or function, called
     # with this context.
@@ -125,12 +124,22 @@ class BaseContext:
     Array = _Factory('sharedctypes',
                      doc='Return a ctypes array in shared memory with a lock.')
 
+    # Settings and logging: the submodules' functions, whatever the context.
+    get_logger = _Factory('util', None, "Return the package's logger.")
+    log_to_stderr = _Factory('util', None,
+                             "Send the package's log records to stderr.")
+    set_executable = _Factory(
+        'spawn', None, 'Set the interpreter that spawned children run.')
+    set_forkserver_preload = _Factory(
+        'forkserver', None,
+        'Name modules for the fork server to import before forking.')
+
     def cpu_count(self):
         """Return the number of CPUs in the system."""
-        num = os.cpu_count()
-        if num is None:
-            raise NotImplementedError('cannot determine number of cpus')
-        return num
+        count = os.cpu_count()
+        if count is not None:
+            return count
+        raise NotImplementedError('cannot determine number of cpus')
 
     def Manager(self):
         """Return a started SyncManager serving shared objects."""
@@ -146,109 +155,90 @@ class BaseContext:
             from .spawn import freeze_support
             freeze_support()
 
-    def get_logger(self):
-        """Return the package's logger."""
-        from .util import get_logger
-        return get_logger()
-
-    def log_to_stderr(self, level=None):
-        """Send the package's log records to stderr."""
-        from .util import log_to_stderr
-        return log_to_stderr(level)
-
     def allow_connection_pickling(self):
         """Make Connections and sockets picklable for other processes."""
         # Importing the module registers the reducers.
         from . import connection  # noqa: F401
 
-    def set_executable(self, executable):
-        """Set the interpreter that spawned children run."""
-        from .spawn import set_executable
-        set_executable(executable)
-
-    def set_forkserver_preload(self, module_names):
-        """Name modules for the fork server to import before forking."""
-        from .forkserver import set_forkserver_preload
-        set_forkserver_preload(module_names)
-
     def get_context(self, method=None):
         """Return the context of start method `method` (or this one)."""
         if method is None:
             return self
-        try:
-            ctx = _concrete_contexts[method]
-        except KeyError:
-            raise ValueError('cannot find context for %r' % method) from None
-        ctx._check_available()
+        ctx = _concrete_contexts.get(method)
+        if ctx is None:
+            raise ValueError('cannot find context for %r' % method)
+        ctx._check_available()      # ValueError if it cannot work here
         return ctx
+
+    def _check_available(self):
+        """Raise ValueError if this start method cannot work here."""
+
+    def _set_reducer(self, module):
+        _reducer[0] = module
+
+    reducer = property(
+        lambda self: _reducer[0], _set_reducer,
+        doc='The reduction module used to pickle objects for other processes.')
+
+    # A concrete context's start method is what it is.
+    def set_start_method(self, method, force=False):
+        raise ValueError('cannot set start method of concrete context')
 
     def get_start_method(self, allow_none=False):
         return self._name
 
-    def set_start_method(self, method, force=False):
-        raise ValueError('cannot set start method of concrete context')
 
-    @property
-    def reducer(self):
-        """The reduction module used to pickle objects for other processes."""
-        return _reducer[0]
-
-    @reducer.setter
-    def reducer(self, module):
-        _reducer[0] = module
-
-    def _check_available(self):
-        pass
+def _chosen_process_class():
+    return _default_context.get_context().Process
 
 
 class Process(process.BaseProcess):
-    """A process started by the default context's start method."""
+    """A process started by the default context's start method, as it is
+    when the process starts."""
 
     _start_method = None
-
-    @staticmethod
-    def _Popen(process_obj):
-        return _default_context.get_context().Process._Popen(process_obj)
-
-    @staticmethod
-    def _after_fork():
-        return _default_context.get_context().Process._after_fork()
+    _Popen = staticmethod(
+        lambda process_obj: _chosen_process_class()._Popen(process_obj))
+    _after_fork = staticmethod(
+        lambda: _chosen_process_class()._after_fork())
 
 
 class DefaultContext(BaseContext):
     """The context behind the module-level functions: its start method is
     fixed on first use, or by set_start_method()."""
 
+    def __init__(self, context):
+        # What applies if nobody chooses, and what was chosen (None: not
+        # yet).
+        self._default_context, self._actual_context = context, None
+
     Process = Process
 
-    def __init__(self, context):
-        self._default_context = context
-        self._actual_context = None
+    def _chosen(self):
+        # The first use without an explicit choice fixes the default.
+        if self._actual_context is None:
+            self._actual_context = self._default_context
+        return self._actual_context
 
     def get_context(self, method=None):
-        if method is None:
-            if self._actual_context is None:
-                self._actual_context = self._default_context
-            return self._actual_context
-        return super().get_context(method)
+        if method is not None:
+            return super().get_context(method)
+        return self._chosen()
 
     def set_start_method(self, method, force=False):
-        """Set the start method; only once unless `force` is true."""
-        if self._actual_context is not None and not force:
+        """Set the start method; only once unless `force` is true.  With
+        `force`, None forgets the choice (the default applies again)."""
+        if not force and self._actual_context is not None:
             raise RuntimeError('context has already been set')
-        if method is None and force:
-            self._actual_context = None
-            return
-        self._actual_context = self.get_context(method)
+        forget = force and method is None
+        self._actual_context = None if forget else self.get_context(method)
 
     def get_start_method(self, allow_none=False):
         """Return the start method, fixing the default one unless
         `allow_none` is true and none was chosen yet."""
-        if self._actual_context is None:
-            if allow_none:
-                return None
-            self._actual_context = self._default_context
-        return self._actual_context._name
+        if allow_none and self._actual_context is None:
+            return None
+        return self._chosen()._name
 
     def get_all_start_methods(self):
         """Return the start methods available here, the default first."""
@@ -326,25 +316,32 @@ _default_context = DefaultContext(_concrete_contexts['fork'])
 
 
 def _force_start_method(method):
+    # A child takes its parent's start method, whatever it was set to.
     _default_context._actual_context = _concrete_contexts[method]
 
 # -------------------------------------------------- the spawning Popen
 
-_tls = threading.local()
+
+class _Spawning(threading.local):
+    # Per thread: the Popen whose child's data is being pickled, if any.
+    popen = None
+
+
+_spawning = _Spawning()
 
 
 def get_spawning_popen():
     """The Popen pickling a new process's data in this thread, or None."""
-    return getattr(_tls, 'spawning_popen', None)
+    return _spawning.popen
 
 
 def set_spawning_popen(popen):
-    _tls.spawning_popen = popen
+    _spawning.popen = popen
 
 
 def assert_spawning(obj):
     """Refuse to pickle `obj` except while starting a process."""
-    if get_spawning_popen() is None:
-        raise RuntimeError(
-            '%s objects should only be shared between processes'
-            ' through inheritance' % type(obj).__name__)
+    if get_spawning_popen() is not None:
+        return
+    raise RuntimeError('%s objects should only be shared between processes '
+                       'through inheritance' % type(obj).__name__)

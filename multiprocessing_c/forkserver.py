@@ -14,6 +14,7 @@ and relies on the directory's permissions; ours checks a 32-byte token as
 well, which the parent hands to the server through the alive pipe (never
 on a command line, which other users can read).
 """
+import contextlib
 import os
 import signal
 import socket
@@ -52,13 +53,17 @@ class ForkServer:
     """The parent's handle on its fork server."""
 
     def __init__(self):
-        self._forkserver_address = None
-        self._forkserver_alive_fd = None
-        self._forkserver_pid = None
-        self._inherited_fds = None
-        self._token = None
         self._lock = threading.Lock()
         self._preload_modules = ['__main__']
+        # Set in a child the server forked: what its parent passed along.
+        self._inherited_fds = None
+        self._no_server()
+
+    def _no_server(self):
+        # The server's socket path, our end of its alive pipe, its pid and
+        # the token it expects: all unknown.
+        self._forkserver_address = self._forkserver_alive_fd = None
+        self._forkserver_pid = self._token = None
 
     def _stop(self):
         """Stop the server and wait for it (for tests and clean shutdown)."""
@@ -68,40 +73,29 @@ class ForkServer:
     def _shut_down(self):
         # With self._lock held.  EOF on the alive pipe ends the server's
         # loop; then reap it, so no zombie is left.
-        pid, alive = self._forkserver_pid, self._forkserver_alive_fd
-        if pid is None:
-            return
-        self._forkserver_alive_fd = None
-        os.close(alive)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-        self._forget()
+        pid = self._forkserver_pid
+        if pid is not None:
+            os.close(self._forkserver_alive_fd)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self._forget()
 
     def _forget(self):
+        # Our server is gone (its alive fd closed): its socket goes too.
         if self._forkserver_address is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self._forkserver_address)
-            except OSError:
-                pass
-        self._forkserver_address = None
-        self._forkserver_pid = None
-        self._token = None
+        self._no_server()
 
     def _after_fork_in_child(self):
         # A forked child does not share its parent's server: the server's
-        # lifetime is the parent's, and only the parent may reap it.
+        # lifetime is the parent's, and only the parent may reap it or
+        # remove its socket.
         self._lock = threading.Lock()
         if self._forkserver_alive_fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._forkserver_alive_fd)
-            except OSError:
-                pass
-        self._forkserver_alive_fd = None
-        self._forkserver_address = None
-        self._forkserver_pid = None
-        self._token = None
+        self._no_server()
 
     def set_forkserver_preload(self, modules_names):
         """Name the modules the server imports before it forks children."""
@@ -184,15 +178,10 @@ class ForkServer:
             if tracker is not None:
                 tracker.ensure_running()
             if self._forkserver_pid is not None:
-                try:
-                    pid, _ = os.waitpid(self._forkserver_pid, os.WNOHANG)
-                except ChildProcessError:
-                    pid = self._forkserver_pid
-                if not pid:
+                if _not_yet_exited(self._forkserver_pid):
                     return
                 # It died (killed?): drop what is left of it.
                 os.close(self._forkserver_alive_fd)
-                self._forkserver_alive_fd = None
                 self._forget()
             self._start_unlocked()
 
@@ -226,10 +215,8 @@ class ForkServer:
         token = os.urandom(_TOKEN_LEN)
         # Fewer than PIPE_BUF bytes into a fresh pipe: never blocks.
         os.write(alive_w, token)
-        self._forkserver_address = address
-        self._forkserver_alive_fd = alive_w
-        self._forkserver_pid = pid
-        self._token = token
+        (self._forkserver_address, self._forkserver_alive_fd,
+         self._forkserver_pid, self._token) = address, alive_w, pid, token
 
     def _command_line(self, listener_fd, alive_r):
         kwds = {}
@@ -250,6 +237,14 @@ class ForkServer:
                     % (__package__, prog))
         return ([spawn.get_executable()] + util._args_from_interpreter_flags()
                 + ['-c', prog])
+
+
+def _not_yet_exited(pid):
+    # Reaps it if it has exited; a pid that is not our child counts as gone.
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:
+        return False
 
 
 def _send_with_fds(sock, data, fds):
@@ -363,22 +358,22 @@ def _run_child(fds):
 
 def read_signed(fd):
     """Read one signed 64-bit integer from `fd`; EOFError at EOF."""
-    data = _read_exactly(fd, SIGNED_STRUCT.size)
-    return SIGNED_STRUCT.unpack(data)[0]
+    (number,) = SIGNED_STRUCT.unpack(_read_exactly(fd, SIGNED_STRUCT.size))
+    return number
 
 
 def write_signed(fd, n):
     """Write `n` as one signed 64-bit integer to `fd`."""
-    msg = SIGNED_STRUCT.pack(n)
-    while msg:
-        msg = msg[os.write(fd, msg):]
+    pending = memoryview(SIGNED_STRUCT.pack(n))
+    while pending:
+        pending = pending[os.write(fd, pending):]
 
 
+# The module's functions are the bound methods of this process's server.
 _forkserver = ForkServer()
-ensure_running = _forkserver.ensure_running
-get_inherited_fds = _forkserver.get_inherited_fds
-connect_to_new_process = _forkserver.connect_to_new_process
-set_forkserver_preload = _forkserver.set_forkserver_preload
+(ensure_running, get_inherited_fds, connect_to_new_process,
+ set_forkserver_preload) = (
+    _forkserver.ensure_running, _forkserver.get_inherited_fds,
+    _forkserver.connect_to_new_process, _forkserver.set_forkserver_preload)
 
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_forkserver._after_fork_in_child)
+os.register_at_fork(after_in_child=_forkserver._after_fork_in_child)

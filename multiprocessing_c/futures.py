@@ -88,6 +88,11 @@ class _ExecutorDispatcher(_pool._ProcessDispatcher):
     """The pool's dispatcher, with the executor's rule: a lost worker or a
     failed initializer breaks everything."""
 
+    # A future is running once its call is sent: keep that to two calls
+    # a worker, so that cancel() still catches the rest, as the stdlib's
+    # does.
+    _line_max = _pool._LINE_MIN
+
     def __init__(self, *args, **kwds):
         super().__init__(*args, **kwds)
         self.cache = self._cache
@@ -178,14 +183,7 @@ class ProcessPoolExecutor(_base.Executor):
     def submit(self, fn, /, *args, **kwargs):
         """Schedule fn(*args, **kwargs); return a Future."""
         with self._shutdown_lock:
-            d = self._dispatcher
-            if d is not None and d._broken is not None:
-                raise d.broken_from(d._broken)
-            if self._shutdown_thread:
-                raise RuntimeError('cannot schedule new futures after shutdown')
-            if _shutdown_all:
-                raise RuntimeError('cannot schedule new futures after '
-                                   'interpreter shutdown')
+            self._refuse_if_closed()
             d = self._start()
             f = _base.Future()
             task = _FutureTask(f, d.cache, d.broken_from)
@@ -193,6 +191,15 @@ class ProcessPoolExecutor(_base.Executor):
             return f
 
     submit.__doc__ = _base.Executor.submit.__doc__
+
+    def _refuse_if_closed(self):
+        d = self._dispatcher
+        if d is not None and d._broken is not None:
+            raise d.broken_from(d._broken)
+        when = ('after shutdown' if self._shutdown_thread else
+                'after interpreter shutdown' if _shutdown_all else None)
+        if when is not None:
+            raise RuntimeError('cannot schedule new futures ' + when)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """Return an iterator equivalent to map(fn, *iterables), the calls

@@ -10,7 +10,6 @@ are collected.  This module adds the stdlib's names on top: ``Arena``,
 
 import copyreg
 import os
-import sys
 import threading
 import weakref
 
@@ -117,11 +116,9 @@ class BufferWrapper(object):
     _heap = Heap()
 
     def __init__(self, size):
-        if size < 0:
-            raise ValueError("Size {0:n} out of range".format(size))
-        if sys.maxsize <= size:
-            raise OverflowError("Size {0:n} too large".format(size))
-        self._block = BufferWrapper._heap.malloc(size)
+        # Heap.malloc checks the size: ValueError below zero,
+        # OverflowError past what an address space can hold.
+        self._block = self._heap.malloc(size)
         self.size = size
 
     @property

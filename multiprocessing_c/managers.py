@@ -41,6 +41,7 @@ contain finds and frees them (Server._collect_cycles).
 """
 import array
 import collections
+import contextlib
 import copyreg
 import errno
 import gc
@@ -180,28 +181,67 @@ class RemoteError(Exception):
         return '\n%s\n%s%s' % (rule, self.args[0], rule)
 
 
+# Reply kinds that carry the text of a remote failure, and how it reads.
+_REMOTE_TEXT = {
+    '#TRACEBACK': '%s',
+    '#UNSERIALIZABLE': 'Unserializable message: %s\n',
+}
+
+
 def convert_to_error(kind, result):
     """Turn an error reply into the exception to raise."""
     if kind == '#ERROR':
-        return result
-    if kind in ('#TRACEBACK', '#UNSERIALIZABLE'):
-        if not isinstance(result, str):
-            raise TypeError(
-                "Result {0!r} (kind '{1}') type is {2}, not str".format(
-                    result, kind, type(result)))
-        if kind == '#UNSERIALIZABLE':
-            return RemoteError('Unserializable message: %s\n' % result)
-        return RemoteError(result)
-    return ValueError('Unrecognized message type {!r}'.format(kind))
+        return result           # the exception object itself
+    template = _REMOTE_TEXT.get(kind)
+    if template is None:
+        return ValueError('Unrecognized message type {!r}'.format(kind))
+    if isinstance(result, str):
+        return RemoteError(template % result)
+    raise TypeError("Result {0!r} (kind '{1}') type is {2}, not str".format(
+        result, kind, type(result)))
+
+
+def _unwrap(reply):
+    # A reply's value, or the exception it stands for.
+    kind, value = reply
+    if kind != '#RETURN':
+        raise convert_to_error(kind, value)
+    return value
 
 
 def dispatch(c, id, methodname, args=(), kwds={}):
     """Send one request over connection `c` and return its result."""
     c.send((id, methodname, args, kwds))
-    kind, result = c.recv()
-    if kind == '#RETURN':
-        return result
-    raise convert_to_error(kind, result)
+    return _unwrap(c.recv())
+
+
+def _checked_authkey(authkey):
+    if isinstance(authkey, bytes):
+        return process.AuthenticationString(authkey)
+    raise TypeError("Authkey {0!r} is type {1!s}, not bytes".format(
+        authkey, type(authkey)))
+
+
+def _new_referent(make, args, kwds):
+    # A registration without a callable shares the one object it is given.
+    if make is not None:
+        return make(*args, **kwds)
+    if kwds or len(args) != 1:
+        raise ValueError(
+            'Without callable, must have one non-keyword argument')
+    return args[0]
+
+
+def _exposure(obj, exposed, method_to_typeid):
+    """The names a proxy may call on `obj`: `exposed` (default: its public
+    methods) and the methods whose results are shared."""
+    names = public_methods(obj) if exposed is None else list(exposed)
+    if method_to_typeid is None:
+        return tuple(names)
+    if not isinstance(method_to_typeid, dict):
+        raise TypeError('Method_to_typeid {0!r}: type {1!s}, not dict'.format(
+            method_to_typeid, type(method_to_typeid)))
+    return (*names, *method_to_typeid)
 
 
 def all_methods(obj):
@@ -221,9 +261,13 @@ def public_methods(obj):
 class State:
     """Where a manager is in its life."""
     __slots__ = ['value']
-    INITIAL = 0
-    STARTED = 1
-    SHUTDOWN = 2
+    INITIAL, STARTED, SHUTDOWN = range(3)
+
+
+def _new_state(value):
+    state = State()
+    state.value = value
+    return state
 
 
 # ---------------------------------------------------------------------------
@@ -276,19 +320,15 @@ def _drop_connection(tls, conn):
 def _call_server(address, authkey, Client, methodname, args=(), kwds={}):
     """Call one of the server's own methods over this thread's connection."""
     tls = _thread_state(address)[0]
-    try:
-        conn = tls.connection
-    except AttributeError:
-        conn = _open_connection(tls, address, authkey, Client)
+    conn = getattr(tls, 'connection', None) or _open_connection(
+        tls, address, authkey, Client)
     try:
         conn.send((None, methodname, args, kwds))
-        kind, result = conn.recv()
+        reply = conn.recv()
     except BaseException:
         _drop_connection(tls, conn)
         raise
-    if kind == '#RETURN':
-        return result
-    raise convert_to_error(kind, result)
+    return _unwrap(reply)
 
 
 def _asks_shutdown(request):
@@ -339,6 +379,12 @@ class _LocalTls:
 # The server.
 
 
+def _fallback(convert):
+    def fallback(self, conn, ident, obj):
+        return convert(obj)
+    return fallback
+
+
 class Server:
     """Owns the shared objects and serves the connections of clients, one
     thread per connection."""
@@ -348,31 +394,26 @@ class Server:
               'decref', 'lend', 'claim']
 
     def __init__(self, registry, address, authkey, serializer):
-        if not isinstance(authkey, bytes):
-            raise TypeError(
-                "Authkey {0!r} is type {1!s}, not bytes".format(
-                    authkey, type(authkey)))
+        self.authkey = _checked_authkey(authkey)
         self.registry = registry
-        self.authkey = process.AuthenticationString(authkey)
         self._serializer = serializer
-        Listener, Client = _listener_client(serializer)
-        # A deep backlog: many clients may connect at the same moment.
-        self.listener = Listener(address=address, backlog=128)
-        self.address = self.listener.address
-        self.id_to_obj = {}
-        self.id_to_refcount = {}
+        # ident -> (referent, exposed names, method_to_typeid) / its count
+        self.id_to_obj, self.id_to_refcount = {}, {}
         self.id_to_local_proxy_obj = {}
-        self.loans = {}
-        self._loan_counter = itertools.count(1)
-        self.stop_event = threading.Event()
-        self.mutex = threading.Lock()
+        # ident -> monotonic deadline: released objects in their grace period.
+        self._dying = {}
+        # lend() key -> ident, until the receiver claims it.
+        self.loans, self._loan_counter = {}, itertools.count(1)
+        self.mutex, self.stop_event = threading.Lock(), threading.Event()
         # Proxies in this process that hold references to our objects (a
         # list inside a managed dict): the only way cycles can form.
         self._local_proxies = weakref.WeakSet()
-        self._decrefs = 0
         self._collect_lock = threading.Lock()
-        # ident -> monotonic deadline: released objects in their grace period.
-        self._dying = {}
+        self._decrefs = 0
+        # A deep backlog: many clients may connect at the same moment.
+        self.listener = _listener_client(serializer)[0](address=address,
+                                                         backlog=128)
+        self.address = self.listener.address
 
     # -- running ---------------------------------------------------------
 
@@ -442,32 +483,35 @@ class Server:
         self._handle_request(conn)
 
     def _handle_request(self, conn):
-        methodname = None
+        # A new connection's one request is for the server itself; after
+        # a successful 'accept_connection' the connection stays, served by
+        # this thread.
         try:
-            request = conn.recv()
+            methodname, reply = self._control_request(conn, conn.recv())
         except (EOFError, OSError):
             conn.close()
             return
         except Exception:
-            reply = ('#TRACEBACK', format_exc())
-        else:
-            try:
-                ignored, methodname, args, kwds = request
-            except Exception:
-                reply = ('#TRACEBACK', 'malformed request %r\n' % (request,))
-            else:
-                reply = self._control(conn, methodname, args, kwds)
+            methodname, reply = None, ('#TRACEBACK', format_exc())
         try:
             conn.send(reply)
         except Exception:
-            conn.close()
-            return
+            methodname = None
+        else:
+            if reply[0] == '#RETURN' and methodname == 'accept_connection':
+                self.serve_client(conn)     # closes it when done
+                return
         if methodname == 'shutdown':
             self.stop_event.set()
-        elif methodname == 'accept_connection' and reply[0] == '#RETURN':
-            self.serve_client(conn)
-            return
         conn.close()
+
+    def _control_request(self, conn, request):
+        # (the method's name or None, the reply)
+        try:
+            _, methodname, args, kwds = request
+        except Exception:
+            return None, ('#TRACEBACK', 'malformed request %r\n' % (request,))
+        return methodname, self._control(conn, methodname, args, kwds)
 
     def _control(self, conn, methodname, args, kwds):
         # One of the server's own methods, as a reply.
@@ -524,16 +568,14 @@ class Server:
                         request = None
                         continue
                 else:
+                    typeid = gettypeid and gettypeid.get(methodname)
                     try:
                         res = function(*args, **kwds)
+                        # (_proxy_reply reports its own failures.)
+                        reply = (self._proxy_reply(conn, typeid, res)
+                                 if typeid else ('#RETURN', res))
                     except Exception as e:
                         reply = ('#ERROR', e)
-                    else:
-                        typeid = gettypeid and gettypeid.get(methodname)
-                        if typeid:
-                            reply = self._proxy_reply(conn, typeid, res)
-                        else:
-                            reply = ('#RETURN', res)
             try:
                 send(reply)
             except OSError:
@@ -602,20 +644,12 @@ class Server:
             return ('#TRACEBACK', format_exc())
         return ('#PROXY', (rexposed, Token(typeid, self.address, rident)))
 
-    def fallback_getvalue(self, conn, ident, obj):
-        return obj
-
-    def fallback_str(self, conn, ident, obj):
-        return str(obj)
-
-    def fallback_repr(self, conn, ident, obj):
-        return repr(obj)
-
-    fallback_mapping = {
-        '__str__': fallback_str,
-        '__repr__': fallback_repr,
-        '#GETVALUE': fallback_getvalue,
-    }
+    # Served for every shared object, whether it exposes them or not.
+    fallback_getvalue = _fallback(lambda obj: obj)
+    fallback_str = _fallback(str)
+    fallback_repr = _fallback(repr)
+    fallback_mapping = {'#GETVALUE': fallback_getvalue,
+                        '__str__': fallback_str, '__repr__': fallback_repr}
 
     # -- the server's own methods (the first argument is the connection) --
 
@@ -632,28 +666,13 @@ class Server:
     def create(self, c, typeid, /, *args, **kwds):
         """Make a new shared object of `typeid`; return (ident, exposed),
         with one reference held for the caller."""
-        try:
-            callable, exposed, method_to_typeid, proxytype = \
-                self.registry[typeid]
-        except KeyError:
+        entry = self.registry.get(typeid)
+        if entry is None:
             raise KeyError('typeid %r is not registered with this manager'
-                           % (typeid,)) from None
-        if callable is None:
-            if kwds or len(args) != 1:
-                raise ValueError(
-                    'Without callable, must have one non-keyword argument')
-            obj = args[0]
-        else:
-            obj = callable(*args, **kwds)
-        if exposed is None:
-            exposed = public_methods(obj)
-        if method_to_typeid is not None:
-            if not isinstance(method_to_typeid, dict):
-                raise TypeError(
-                    'Method_to_typeid {0!r}: type {1!s}, not dict'.format(
-                        method_to_typeid, type(method_to_typeid)))
-            exposed = list(exposed) + list(method_to_typeid)
-        exposed = tuple(exposed)
+                           % (typeid,))
+        make, exposed, method_to_typeid = entry[:3]
+        obj = _new_referent(make, args, kwds)
+        exposed = _exposure(obj, exposed, method_to_typeid)
         ident = '%x' % id(obj)
         with self.mutex:
             if ident in self.id_to_refcount and \
@@ -859,6 +878,40 @@ class Server:
 # Managers.
 
 
+def _ask_to_shut_down(address, authkey, Client):
+    # Over a connection of its own: this thread's may be mid-call.  A
+    # server that cannot be reached is dealt with by the caller.
+    try:
+        with contextlib.closing(Client(address, authkey=authkey)) as conn:
+            dispatch(conn, None, 'shutdown')
+    except Exception:
+        pass
+
+
+def _report_start_failure(writer, exc):
+    # The exception itself if it pickles, else a description of it.
+    try:
+        writer.send(('#ERROR', exc))
+    except Exception:
+        writer.send(('#ERROR', ProcessError('manager failed to start: %r'
+                                            % (exc,))))
+
+
+def _first_report(reader, server_process):
+    """The address the new server listens on, once it says so; its error
+    if it failed to start."""
+    try:
+        kind, value = reader.recv()
+    except EOFError:
+        server_process.join()
+        raise ProcessError('manager process exited (code %s) before serving'
+                           % server_process.exitcode) from None
+    if kind == '#RETURN':
+        return value
+    server_process.join()
+    raise value
+
+
 def _listener_client(serializer):
     try:
         return listener_client[serializer]
@@ -884,28 +937,33 @@ class BaseManager:
             self._setup(address, authkey, serializer, ctx, 1.0)
 
     def _setup(self, address, authkey, serializer, ctx, shutdown_timeout):
-        if authkey is None:
-            authkey = process.current_process().authkey
-        self._address = address
-        self._authkey = process.AuthenticationString(authkey)
-        self._state = State()
-        self._state.value = State.INITIAL
-        self._serializer = serializer
         self._Listener, self._Client = _listener_client(serializer)
+        self._serializer = serializer
+        self._authkey = process.AuthenticationString(
+            process.current_process().authkey if authkey is None else authkey)
+        # Given now; start() replaces it with where the server listens.
+        self._address = address
+        self._process = None
+        self._shutdown_timeout = shutdown_timeout
         if ctx is None:
             from . import get_context
             ctx = get_context()
         self._ctx = ctx
-        self._shutdown_timeout = shutdown_timeout
-        self._process = None
+        # Shared with the shutdown finalizer and the proxies.
+        self._state = _new_state(State.INITIAL)
+
+    address = property(lambda self: self._address,
+                       doc='Where the server listens (once started).')
+
+    # Why a manager that is not in its initial state cannot start.
+    _NOT_INITIAL = {State.STARTED: "Already started server",
+                    State.SHUTDOWN: "Manager has shut down"}
 
     def _check_initial(self):
-        if self._state.value == State.STARTED:
-            raise ProcessError("Already started server")
-        if self._state.value == State.SHUTDOWN:
-            raise ProcessError("Manager has shut down")
-        if self._state.value != State.INITIAL:
-            raise ProcessError("Unknown state {!r}".format(self._state.value))
+        state = self._state.value
+        if state != State.INITIAL:
+            raise ProcessError(self._NOT_INITIAL.get(
+                state, "Unknown state {!r}".format(state)))
 
     def get_server(self):
         """Return a Server for this manager, to run with serve_forever()."""
@@ -916,11 +974,9 @@ class BaseManager:
     def connect(self):
         """Connect to a manager server already running at `address`."""
         # A fresh connection, so that a wrong authkey is seen now.
-        conn = self._Client(self._address, authkey=self._authkey)
-        try:
+        with contextlib.closing(self._Client(self._address,
+                                             authkey=self._authkey)) as conn:
             dispatch(conn, None, 'dummy')
-        finally:
-            conn.close()
         self._state.value = State.STARTED
 
     def start(self, initializer=None, initargs=()):
@@ -928,53 +984,45 @@ class BaseManager:
         self._check_initial()
         if initializer is not None and not callable(initializer):
             raise TypeError('initializer must be a callable')
+        # The child reports its address, or why it could not serve, here.
         reader, writer = connection.Pipe(duplex=False)
-        self._process = self._ctx.Process(
-            target=type(self)._run_server,
-            args=(self._registry, self._address, self._authkey,
-                  self._serializer, writer, initializer, initargs))
-        ident = ':'.join(str(i) for i in self._process._identity)
-        self._process.name = type(self).__name__ + '-' + ident
-        self._process.start()
-        writer.close()
-        try:
-            kind, value = reader.recv()
-        except EOFError:
-            self._process.join()
-            raise ProcessError('manager process exited (code %s) before '
-                               'serving' % self._process.exitcode) from None
-        finally:
-            reader.close()
-        if kind != '#RETURN':
-            self._process.join()
-            raise value
-        self._address = value
+        with reader:
+            with writer:
+                server_process = self._launch_server(writer, initializer,
+                                                     initargs)
+            self._address = _first_report(reader, server_process)
         self._state.value = State.STARTED
         self.shutdown = util.Finalize(
-            self, type(self)._finalize_manager,
-            args=(self._process, self._address, self._authkey, self._state,
-                  self._Client, self._shutdown_timeout),
-            exitpriority=0)
+            self, type(self)._finalize_manager, exitpriority=0,
+            args=(server_process, self._address, self._authkey, self._state,
+                  self._Client, self._shutdown_timeout))
+
+    def _launch_server(self, writer, initializer, initargs):
+        cls = type(self)
+        self._process = child = self._ctx.Process(
+            target=cls._run_server,
+            args=(self._registry, self._address, self._authkey,
+                  self._serializer, writer, initializer, initargs))
+        child.name = '%s-%s' % (cls.__name__,
+                                ':'.join(map(str, child._identity)))
+        child.start()
+        return child
 
     @classmethod
     def _run_server(cls, registry, address, authkey, serializer, writer,
                     initializer=None, initargs=()):
         # Ctrl-C in the terminal is for the parent: it shuts us down.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            if initializer is not None:
-                initializer(*initargs)
-            server = cls._Server(registry, address, authkey, serializer)
-        except Exception as e:
+        # start() waits on the other end for one report, then EOF.
+        with writer:
             try:
-                writer.send(('#ERROR', e))
-            except Exception:
-                writer.send(('#ERROR', ProcessError(
-                    'manager failed to start: %r' % (e,))))
-            writer.close()
-            raise
-        writer.send(('#RETURN', server.address))
-        writer.close()
+                if initializer is not None:
+                    initializer(*initargs)
+                server = cls._Server(registry, address, authkey, serializer)
+            except Exception as exc:
+                _report_start_failure(writer, exc)
+                raise
+            writer.send(('#RETURN', server.address))
         util.info('manager serving at %r', server.address)
         server.serve_forever()
 
@@ -987,10 +1035,12 @@ class BaseManager:
 
     def join(self, timeout=None):
         """Wait for the manager process to end."""
-        if self._process is not None:
-            self._process.join(timeout)
-            if not self._process.is_alive():
-                self._process = None
+        server_process = self._process
+        if server_process is None:
+            return
+        server_process.join(timeout)
+        if server_process.exitcode is not None:
+            self._process = None
 
     def _debug_info(self):
         return _call_server(self._address, self._authkey, self._Client,
@@ -1003,11 +1053,11 @@ class BaseManager:
     def __enter__(self):
         if self._state.value == State.INITIAL:
             self.start()
-        if self._state.value != State.STARTED:
-            raise ProcessError("Unable to start server"
-                               if self._state.value == State.INITIAL
-                               else "Manager has shut down")
-        return self
+        state = self._state.value
+        if state == State.STARTED:
+            return self
+        raise ProcessError("Manager has shut down" if state != State.INITIAL
+                           else "Unable to start server")
 
     def __exit__(self, exc_type, exc_val, exc_tb):
         shutdown = getattr(self, 'shutdown', None)
@@ -1018,25 +1068,20 @@ class BaseManager:
     def _finalize_manager(process, address, authkey, state, _Client,
                           shutdown_timeout):
         """Stop the manager process: ask, then terminate, then kill."""
-        if process.is_alive():
-            util.info('sending shutdown message to manager')
-            try:
-                conn = _Client(address, authkey=authkey)
-                try:
-                    dispatch(conn, None, 'shutdown')
-                finally:
-                    conn.close()
-            except Exception:
-                pass
-            process.join(timeout=shutdown_timeout)
-            if process.is_alive():
-                util.info('manager still alive')
-                process.terminate()
-                process.join(timeout=shutdown_timeout)
-                if process.is_alive():
-                    util.info('manager still alive after terminate')
-                    process.kill()
-                    process.join()
+        def ask():
+            _ask_to_shut_down(address, authkey, _Client)
+        # Each step only if the one before did not end it in time.
+        escalation = (
+            ('sending shutdown message to manager', ask, shutdown_timeout),
+            ('manager still alive', process.terminate, shutdown_timeout),
+            ('manager still alive after terminate', process.kill, None),
+        )
+        for note, step, patience in escalation:
+            if not process.is_alive():
+                break
+            util.info(note)
+            step()
+            process.join(patience)
         state.value = State.SHUTDOWN
         entry = BaseProxy._address_to_local.pop(address, None)
         if entry is not None:
@@ -1044,39 +1089,46 @@ class BaseManager:
             if conn is not None:
                 _drop_connection(entry[0], conn)
 
-    @property
-    def address(self):
-        return self._address
-
     @classmethod
     def register(cls, typeid, callable=None, proxytype=None, exposed=None,
                  method_to_typeid=None, create_method=True):
         """Register a type or callable with the manager class."""
-        if '_registry' not in cls.__dict__:
-            cls._registry = cls._registry.copy()
-        if proxytype is None:
-            proxytype = AutoProxy
-        exposed = exposed or getattr(proxytype, '_exposed_', None)
-        method_to_typeid = (method_to_typeid or
-                            getattr(proxytype, '_method_to_typeid_', None))
-        if method_to_typeid:
-            for key, value in list(method_to_typeid.items()):
-                if not isinstance(key, str) or not isinstance(value, str):
-                    raise TypeError('method_to_typeid must map str to str, '
-                                    'not %r: %r' % (key, value))
-        cls._registry[typeid] = (callable, exposed, method_to_typeid,
-                                 proxytype)
+        proxytype = AutoProxy if proxytype is None else proxytype
+        # What is not given comes from the proxy type's declarations.
+        entry = (callable,
+                 exposed or getattr(proxytype, '_exposed_', None),
+                 _checked_typeid_map(method_to_typeid or getattr(
+                     proxytype, '_method_to_typeid_', None)),
+                 proxytype)
+        # A subclass registers into a copy of its own, not its base's.
+        own = vars(cls).get('_registry')
+        if own is None:
+            own = cls._registry = dict(cls._registry)
+        own[typeid] = entry
         _proxytypes[typeid] = proxytype
         if create_method:
-            def temp(self, /, *args, **kwds):
-                util.debug('requesting creation of a shared %r object',
-                           typeid)
-                token, exp = self._create(typeid, *args, **kwds)
-                return _adopt_proxy(proxytype, token, self._serializer,
-                                    self, self._authkey, exp)
-            temp.__name__ = typeid
-            temp.__qualname__ = cls.__qualname__ + '.' + typeid
-            setattr(cls, typeid, temp)
+            setattr(cls, typeid, _creation_method(cls, typeid, proxytype))
+
+
+def _checked_typeid_map(method_to_typeid):
+    for key, value in list((method_to_typeid or {}).items()):
+        if not (isinstance(key, str) and isinstance(value, str)):
+            raise TypeError('method_to_typeid must map str to str, '
+                            'not %r: %r' % (key, value))
+    return method_to_typeid
+
+
+def _creation_method(cls, typeid, proxytype):
+    """The manager method that makes a shared `typeid` and returns a proxy
+    owning the reference the server took for it."""
+    def create(self, /, *args, **kwds):
+        util.debug('requesting creation of a shared %r object', typeid)
+        token, exposed = self._create(typeid, *args, **kwds)
+        return _adopt_proxy(proxytype, token, self._serializer, self,
+                            self._authkey, exposed)
+    create.__name__ = typeid
+    create.__qualname__ = '%s.%s' % (cls.__qualname__, typeid)
+    return create
 
 
 # typeid -> proxytype of the latest registration, for proxies that must
@@ -1088,13 +1140,29 @@ _proxytypes = {}
 
 
 class ProcessLocalSet(set):
-    """A set emptied in a forked child."""
+    """A set emptied in a forked child, and unpickled empty: what it holds
+    belongs to one process."""
 
     def __init__(self):
-        util.register_after_fork(self, lambda obj: obj.clear())
+        util.register_after_fork(self, set.clear)
 
     def __reduce__(self):
-        return type(self), ()
+        return self.__class__, ()
+
+
+def _proxy_authkey(token, manager, authkey):
+    """The key a proxy authenticates with: the one given, its manager's,
+    else this process's own."""
+    if authkey is not None:
+        return process.AuthenticationString(authkey)
+    if manager is not None:
+        return manager._authkey
+    me = process.current_process()
+    server = getattr(me, '_manager_server', None)
+    if server is not None and server.address == token.address:
+        # Unpickled by our own server: its key, not its process's.
+        return server.authkey
+    return me.authkey
 
 
 def _adopts(proxytype):
@@ -1129,44 +1197,24 @@ class BaseProxy:
 
     def __init__(self, token, serializer, manager=None, authkey=None,
                  exposed=None, incref=True, manager_owned=False):
-        self._tls, self._idset = _thread_state(token.address)
-        self._token = token
-        self._id = token.id
-        self._manager = manager
-        self._serializer = serializer
         self._Client = _listener_client(serializer)[1]
+        self._serializer = serializer
         self._bytes_path = serializer == 'pickle'
+        self._token, self._id = token, token.id
+        self._manager = manager
+        self._authkey = _proxy_authkey(token, manager, authkey)
         # Set when the manager itself keeps the reference (never counted).
         self._owned_by_manager = manager_owned
-        if authkey is not None:
-            self._authkey = process.AuthenticationString(authkey)
-        elif manager is not None:
-            self._authkey = manager._authkey
-        else:
-            server = getattr(process.current_process(), '_manager_server',
-                             None)
-            if server is not None and server.address == token.address:
-                # Unpickled by our own server: its key, not its process's.
-                self._authkey = server.authkey
-            else:
-                self._authkey = process.current_process().authkey
+        self._tls, self._idset = _thread_state(token.address)
+        util.register_after_fork(self, BaseProxy._after_fork)
         if incref:
             self._incref()
-        util.register_after_fork(self, BaseProxy._after_fork)
-
-    def _connect(self):
-        util.debug('making connection to manager')
-        return _open_connection(self._tls, self._token.address,
-                                self._authkey, self._Client)
 
     def _callmethod(self, methodname, args=(), kwds={}):
         """Call `methodname` of the referent with args and kwds in the
         manager's process and return the result (a copy, or a proxy)."""
         tls = self._tls
-        try:
-            conn = tls.connection
-        except AttributeError:
-            conn = self._connect()
+        conn = getattr(tls, 'connection', None) or self._connect()
         try:
             if self._bytes_path:
                 conn.send_bytes(_dumps((self._id, methodname, args, kwds)))
@@ -1179,13 +1227,23 @@ class BaseProxy:
             raise
         if kind == '#RETURN':
             return result
-        if kind == '#PROXY':
-            exposed, token = result
-            token.address = self._token.address
-            return _adopt_proxy(self._proxytype_for(token.typeid), token,
-                                self._serializer, self._manager,
-                                self._authkey, exposed)
-        raise convert_to_error(kind, result)
+        if kind != '#PROXY':
+            raise convert_to_error(kind, result)
+        return self._proxy_for_result(*result)
+
+    def _proxy_for_result(self, exposed, token):
+        # A method whose result stays in the server: share it.  The server
+        # may know itself by another address than the one we reach it at.
+        token.address = self._token.address
+        return _adopt_proxy(self._proxytype_for(token.typeid), token,
+                            self._serializer, self._manager, self._authkey,
+                            exposed)
+
+    def _connect(self):
+        # This thread's first call to the manager.
+        util.debug('making connection to manager')
+        return _open_connection(self._tls, self._token.address,
+                                self._authkey, self._Client)
 
     def _proxytype_for(self, typeid):
         if self._manager is not None:
@@ -1216,13 +1274,13 @@ class BaseProxy:
             exitpriority=10)
 
     def _incref(self):
-        if self._owned_by_manager:
-            util.debug('owned_by_manager skipped INCREF of %r', self._token.id)
-            return
-        _call_server(self._token.address, self._authkey, self._Client,
-                     'incref', (self._id,))
-        util.debug('INCREF %r', self._token.id)
-        self._hold()
+        if not self._owned_by_manager:
+            _call_server(self._token.address, self._authkey, self._Client,
+                         'incref', (self._id,))
+            util.debug('INCREF %r', self._id)
+            self._hold()
+        else:
+            util.debug('owned_by_manager skipped INCREF of %r', self._id)
 
     def _claim(self, key):
         _call_server(self._token.address, self._authkey, self._Client,
@@ -1254,22 +1312,21 @@ class BaseProxy:
 
     def _after_fork(self):
         # A forked child holds its own reference to what it inherited, over
-        # its own connections.
-        self._tls, self._idset = _thread_state(self._token.address)
+        # its own connections; the manager may be gone by now.
         try:
+            self._tls, self._idset = _thread_state(self._token.address)
             self._incref()
-        except Exception as e:
-            util.info('incref failed: %s' % e)
+        except Exception as exc:
+            util.info('incref failed: %s', exc)
 
     def __reduce__(self):
-        kwds = {}
+        # An AutoProxy is rebuilt by AutoProxy() from its exposed names; a
+        # spawned child gets the key, a mere pickle never does.
+        auto = getattr(self, '_isauto', False)
+        kwds = {'exposed': self._exposed_} if auto else {}
         if get_spawning_popen() is not None:
             kwds['authkey'] = self._authkey
-        if getattr(self, '_isauto', False):
-            kwds['exposed'] = self._exposed_
-            func = AutoProxy
-        else:
-            func = type(self)
+        func = AutoProxy if auto else type(self)
         server = getattr(process.current_process(), '_manager_server', None)
         if (server is not None and server.address == self._token.address
                 and not self._owned_by_manager):
@@ -1291,9 +1348,11 @@ class BaseProxy:
     def __str__(self):
         """Return the representation of the referent."""
         try:
-            return self._callmethod('__repr__')
+            text = self._callmethod('__repr__')
         except Exception:
-            return repr(self)[:-1] + "; '__str__()' failed>"
+            # Our own repr, marked: the referent could not be reached.
+            text = "%s; '__str__()' failed>" % repr(self)[:-1]
+        return text
 
 
 def RebuildProxy(func, token, serializer, kwds):
@@ -1320,19 +1379,12 @@ def RebuildProxy(func, token, serializer, kwds):
 
 def MakeProxyType(name, exposed, _cache={}):
     """Return a BaseProxy subclass whose methods `exposed` forward to the
-    referent."""
-    exposed = tuple(exposed)
-    try:
-        return _cache[(name, exposed)]
-    except KeyError:
-        pass
-    namespace = {}
-    for meth in exposed:
-        namespace[meth] = _forwarder(meth)
-    ProxyType = type(name, (BaseProxy,), namespace)
-    ProxyType._exposed_ = exposed
-    _cache[(name, exposed)] = ProxyType
-    return ProxyType
+    referent (one class per name and method list)."""
+    key = (name, tuple(exposed))
+    made = _cache.get(key)
+    if made is None:
+        made = _cache[key] = _proxy_type(*key)
+    return made
 
 
 def _forwarder(name):
@@ -1352,9 +1404,11 @@ def AutoProxy(token, serializer, manager=None, authkey=None, exposed=None,
         exposed = _call_server(token.address, authkey,
                                _listener_client(serializer)[1],
                                'get_methods', (token,))
-    ProxyType = MakeProxyType('AutoProxy[%s]' % token.typeid, exposed)
-    proxy = ProxyType(token, serializer, manager=manager, authkey=authkey,
-                      incref=incref, manager_owned=manager_owned)
+    options = dict(manager=manager, authkey=authkey, incref=incref,
+                   manager_owned=manager_owned)
+    proxy = MakeProxyType('AutoProxy[%s]' % token.typeid, exposed)(
+        token, serializer, **options)
+    # Pickled as an AutoProxy: the receiver builds its own class.
     proxy._isauto = True
     return proxy
 
@@ -1376,21 +1430,22 @@ class Namespace:
 
 
 class Value:
-    """A box with a `value` attribute (the manager's Value)."""
+    """A box with a `value` attribute (the manager's Value).  `lock` is
+    accepted and ignored: the manager's server is the only one to touch
+    it."""
 
     def __init__(self, typecode, value, lock=True):
-        self._typecode = typecode
-        self._value = value
+        self._typecode, self._value = typecode, value
+
+    def __repr__(self):
+        return '%s(%r, %r)' % (type(self).__name__, self._typecode,
+                               self._value)
 
     def get(self):
         return self._value
 
     def set(self, value):
         self._value = value
-
-    def __repr__(self):
-        return '%s(%r, %r)' % (type(self).__name__, self._typecode,
-                               self._value)
 
     value = property(get, set)
 
@@ -1410,8 +1465,11 @@ def _proxy_type(name, exposed, base=BaseProxy, attributes=(), methods=None,
     runs on the referent (arguments pass through); each name in
     `attributes` a read-only property fetched from it; `methods` adds or
     overrides methods with behaviour of their own."""
+    # With attributes, '__getattribute__' is how they are fetched; it must
+    # not replace the proxy's own.
+    skip = ('__getattribute__',) if attributes else ()
     namespace = {meth: _forwarder(meth) for meth in exposed
-                 if meth != '__getattribute__'}
+                 if meth not in skip}
     for attr in attributes:
         namespace[attr] = property(_attribute_getter(attr))
     namespace.update(methods or {})
@@ -1431,16 +1489,16 @@ def _attribute_getter(attr):
 
 def _lock_acquire(self, blocking=True, timeout=None):
     # threading's locks refuse timeout=None: send only what was given.
-    args = (blocking,) if timeout is None else (blocking, timeout)
-    return self._callmethod('acquire', args)
+    if timeout is None:
+        return self._callmethod('acquire', (blocking,))
+    return self._callmethod('acquire', (blocking, timeout))
 
 
-def _remote_enter(self):
-    return self._callmethod('acquire')
-
-
-def _remote_exit(self, *exc_info):
-    return self._callmethod('release')
+def _calls_without_arguments(method):
+    # For the with-statement: the referent's method, whatever we are given.
+    def call(self, *ignored):
+        return self._callmethod(method)
+    return call
 
 
 def _condition_wait_for(self, predicate, timeout=None):
@@ -1470,8 +1528,9 @@ IteratorProxy = _proxy_type(
 
 AcquirerProxy = _proxy_type(
     'AcquirerProxy', ('acquire', 'release'),
-    methods={'acquire': _lock_acquire, '__enter__': _remote_enter,
-             '__exit__': _remote_exit})
+    methods={'acquire': _lock_acquire,
+             '__enter__': _calls_without_arguments('acquire'),
+             '__exit__': _calls_without_arguments('release')})
 
 ConditionProxy = _proxy_type(
     'ConditionProxy', ('acquire', 'release', 'wait', 'notify', 'notify_all'),
@@ -1526,32 +1585,32 @@ ValueProxy = _proxy_type(
              '__class_getitem__': classmethod(types.GenericAlias)})
 
 
-def _list_iadd(self, value):
-    self._callmethod('extend', (value,))
-    return self
+def _in_place(method, name):
+    # `a += b` on a proxy changes the referent, and `a` stays the proxy.
+    def operator(self, value):
+        self._callmethod(method, (value,))
+        return self
+    operator.__name__ = name
+    return operator
 
 
-def _list_imul(self, value):
-    self._callmethod('__imul__', (value,))
-    return self
-
-
-BaseListProxy = MakeProxyType('BaseListProxy', (
-    '__add__', '__contains__', '__delitem__', '__getitem__', '__len__',
-    '__mul__', '__reversed__', '__rmul__', '__setitem__',
-    'append', 'count', 'extend', 'index', 'insert', 'pop', 'remove',
-    'reverse', 'sort', '__imul__'))
+# The method lists below are the stdlib's, in its order: a pickled proxy
+# type names them, so both sides must agree.
+BaseListProxy = MakeProxyType('BaseListProxy', """
+    __add__ __contains__ __delitem__ __getitem__ __len__ __mul__
+    __reversed__ __rmul__ __setitem__ append count extend index insert
+    pop remove reverse sort __imul__""".split())
 
 # In-place operators change the referent, and the proxy stays the result.
 ListProxy = _proxy_type('ListProxy', (), base=BaseListProxy,
-                        methods={'__iadd__': _list_iadd,
-                                 '__imul__': _list_imul})
+                        methods={'__iadd__': _in_place('extend', '__iadd__'),
+                                 '__imul__': _in_place('__imul__', '__imul__')})
 del ListProxy._exposed_     # the base's exposed list is the one served
 
-DictProxy = MakeProxyType('DictProxy', (
-    '__contains__', '__delitem__', '__getitem__', '__iter__', '__len__',
-    '__setitem__', 'clear', 'copy', 'get', 'items',
-    'keys', 'pop', 'popitem', 'setdefault', 'update', 'values'))
+DictProxy = MakeProxyType('DictProxy', """
+    __contains__ __delitem__ __getitem__ __iter__ __len__ __setitem__
+    clear copy get items keys pop popitem setdefault update
+    values""".split())
 DictProxy._method_to_typeid_ = {'__iter__': 'Iterator'}
 
 if sys.version_info >= (3, 13):
@@ -1559,19 +1618,17 @@ if sys.version_info >= (3, 13):
     ListProxy.__class_getitem__ = classmethod(types.GenericAlias)
     DictProxy.__class_getitem__ = classmethod(types.GenericAlias)
 
-ArrayProxy = MakeProxyType('ArrayProxy', (
-    '__len__', '__getitem__', '__setitem__'))
+ArrayProxy = MakeProxyType('ArrayProxy',
+                           '__len__ __getitem__ __setitem__'.split())
 
-BasePoolProxy = MakeProxyType('PoolProxy', (
-    'apply', 'apply_async', 'close', 'imap', 'imap_unordered', 'join',
-    'map', 'map_async', 'starmap', 'starmap_async', 'terminate'))
-BasePoolProxy._method_to_typeid_ = {
-    'apply_async': 'AsyncResult',
-    'map_async': 'AsyncResult',
-    'starmap_async': 'AsyncResult',
-    'imap': 'Iterator',
-    'imap_unordered': 'Iterator',
-}
+BasePoolProxy = MakeProxyType('PoolProxy', """
+    apply apply_async close imap imap_unordered join map map_async
+    starmap starmap_async terminate""".split())
+# The async methods' results stay in the server, as do the iterators.
+BasePoolProxy._method_to_typeid_ = dict(
+    [(name, 'AsyncResult') for name in
+     ('apply_async', 'map_async', 'starmap_async')]
+    + [(name, 'Iterator') for name in ('imap', 'imap_unordered')])
 
 
 def _pool_exit(self, *exc_info):
@@ -1632,20 +1689,30 @@ del _typeid, _make, _proxytype
 # SharedMemoryManager: a manager that owns shared memory segments and
 # unlinks them when it shuts down.
 
-try:
-    from . import shared_memory
-except ImportError:             # pragma: no cover - Linux always has it
-    HAS_SHMEM = False
-else:
-    HAS_SHMEM = True
+from . import shared_memory   # always there: the package is Linux-only
+
+HAS_SHMEM = True
+
+
+def _unlink_segment(segment_name):
+    # Someone may have unlinked it already: that is what we wanted.
+    with contextlib.suppress(FileNotFoundError):
+        segment = shared_memory.SharedMemory(segment_name)
+        segment.close()
+        segment.unlink()
 
 
 class _SharedMemoryTracker:
-    """The names of the segments one SharedMemoryManager answers for."""
+    """The names of the segments one SharedMemoryManager answers for; they
+    are unlinked when it shuts down, or when the tracker goes."""
 
     def __init__(self, name, segment_names=()):
         self.shared_memory_context_name = name
         self.segment_names = list(segment_names)
+
+    def __reduce__(self):
+        return type(self), (self.shared_memory_context_name,
+                            self.segment_names)
 
     def register_segment(self, segment_name):
         util.debug('register segment %r in %s', segment_name,
@@ -1655,55 +1722,41 @@ class _SharedMemoryTracker:
     def destroy_segment(self, segment_name):
         """Forget and unlink one segment (already gone is fine)."""
         self.segment_names.remove(segment_name)
-        try:
-            segment = shared_memory.SharedMemory(segment_name)
-        except FileNotFoundError:
-            return
-        segment.close()
-        try:
-            segment.unlink()
-        except FileNotFoundError:
-            pass
+        _unlink_segment(segment_name)
 
     def unlink(self):
-        for segment_name in list(self.segment_names):
+        for segment_name in tuple(self.segment_names):
             self.destroy_segment(segment_name)
 
-    def __del__(self):
-        self.unlink()
-
-    def __getstate__(self):
-        return (self.shared_memory_context_name, self.segment_names)
-
-    def __setstate__(self, state):
-        self.__init__(*state)
+    __del__ = unlink
 
 
 class SharedMemoryServer(Server):
     """A Server that also tracks the segments made through its manager."""
 
-    public = Server.public + ['track_segment', 'release_segment',
-                              'list_segments']
+    public = [*Server.public, 'track_segment', 'release_segment',
+              'list_segments']
 
     def __init__(self, *args, **kwargs):
-        Server.__init__(self, *args, **kwargs)
-        address = self.address
-        if isinstance(address, bytes):
-            address = os.fsdecode(address)
-        self.shared_memory_context = _SharedMemoryTracker(
-            'shm_%s_%d' % (address, os.getpid()))
+        super().__init__(*args, **kwargs)
+        where = self.address
+        self.shared_memory_context = _SharedMemoryTracker('shm_%s_%d' % (
+            # An abstract socket's address is bytes: name it as text.
+            os.fsdecode(where) if isinstance(where, bytes) else where,
+            os.getpid()))
 
     def create(self, c, typeid, /, *args, **kwargs):
         # Registered types that ask for it get the segment tracker.
         if hasattr(self.registry[typeid][-1], '_shared_memory_proxy'):
             kwargs['shared_memory_context'] = self.shared_memory_context
-        return Server.create(self, c, typeid, *args, **kwargs)
+        return super().create(c, typeid, *args, **kwargs)
 
     def shutdown(self, c):
         """Unlink every tracked segment, then stop like any server."""
         self.shared_memory_context.unlink()
-        return Server.shutdown(self, c)
+        return super().shutdown(c)
 
+    # The manager's SharedMemory() and ShareableList() report here.
     def track_segment(self, c, segment_name):
         self.shared_memory_context.register_segment(segment_name)
 

@@ -1,24 +1,28 @@
 """Pools of workers: Pool (processes) and ThreadPool (threads).
 
 The process pool never shares a lock with its workers.  Each worker has a
-duplex pipe of its own: the parent's handler thread sends a task on it
-only when the worker is idle, and reads the result back on it.  So the
-parent always knows which task each worker holds, and a worker that dies
-(os._exit, a segfault, SIGKILL) fails exactly that task with
-WorkerLostError, is replaced, and the pool keeps serving.  The handler
-waits on every worker's pipe and sentinel at once with connection.wait.
+duplex pipe of its own: the parent sends tasks on it, in order, and reads
+the results back on it in the same order.  So the parent always knows
+which tasks each worker holds and which one it is running, and a worker
+that dies (os._exit, a segfault, SIGKILL) fails exactly that task with
+WorkerLostError (the tasks queued behind it go to other workers), is
+replaced, and the pool keeps serving.  A handler thread waits on every
+worker's pipe and sentinel at once with connection.wait; a thread that
+submits a task while a worker is free sends it itself.
 
 Tasks are pickled once in the submitting thread (so pickling errors land
-where the task was submitted) and travel as bytes behind a 16-byte header
-(job id, chunk index), which lets the worker report a task whose
-arguments fail to unpickle.  map() batches items into chunks.
+where the task was submitted) and travel as bytes behind a 24-byte header
+(job id, chunk index; for results, how long the task ran), which lets the
+worker report a task whose arguments fail to unpickle.  map() batches
+items into chunks.
 """
 import collections
-import io
+import copyreg
 import itertools
 import os
 import queue
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -42,8 +46,9 @@ TimeoutError = context.TimeoutError
 
 job_counter = itertools.count()
 
-# Frame header of tasks and results: job id, chunk index.
-_HEADER = struct.Struct('<qq')
+# Frame header of tasks and results: job id, chunk index, and (results)
+# how many seconds the task took to run.
+_HEADER = struct.Struct('<qqd')
 _READY = -1           # worker -> parent: initializer done, send work
 _INIT_FAILED = -2     # worker -> parent: initializer raised (payload: exc)
 _STOP = b''           # parent -> worker: exit now
@@ -62,23 +67,24 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
+def rebuild_exc(exc, tb):
+    """Unpickles an ExceptionWithTraceback: `exc`, caused by the worker's
+    traceback `tb`."""
+    cause = RemoteTraceback(tb)
+    exc.__cause__ = cause
+    return exc
+
+
 class ExceptionWithTraceback:
     """An exception and its traceback text, pickled together; unpickles to
     the exception with a RemoteTraceback as its cause."""
 
     def __init__(self, exc, tb):
-        lines = traceback.format_exception(type(exc), exc, tb)
-        self.exc = exc
-        self.tb = '\n"""\n%s"""' % ''.join(lines)
+        text = ''.join(traceback.format_exception(type(exc), exc, tb))
+        self.exc, self.tb = exc, '\n"""\n' + text + '"""'
 
     def __reduce__(self):
-        return rebuild_exc, (self.exc, self.tb)
-
-
-def rebuild_exc(exc, tb):
-    """Return `exc` with RemoteTraceback(tb) as its cause."""
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
+        return (rebuild_exc, (self.exc, self.tb))
 
 
 class MaybeEncodingError(Exception):
@@ -146,11 +152,54 @@ def starmapstar(args):
     return list(itertools.starmap(func, items))
 
 
-def _dumps_with_header(job, i, obj):
-    buf = io.BytesIO()
-    buf.write(_HEADER.pack(job, i))
-    reduction.ForkingPickler(buf).dump(obj)
-    return buf.getbuffer()
+class _Parts:
+    # The file a reused pickler writes to: its writes land in a list.
+    __slots__ = ('write',)
+
+    def __init__(self, write):
+        self.write = write
+
+
+# Picklers kept for reuse by _pack (making a ForkingPickler copies its
+# reducer table, which costs more than pickling a small task).  Each user
+# pops one, so threads never share a pickler; one is made afresh when
+# reducers were registered since, and dropped when a dump fails.
+_spare_picklers = []
+
+
+def _reducers_stamp():
+    return (len(copyreg.dispatch_table),
+            getattr(reduction.ForkingPickler, '_generation', 0))
+
+
+def _pack(job, i, obj, took=0.0):
+    """Return one message: the (job, i, took) header, then `obj` pickled."""
+    stamp = _reducers_stamp()
+    try:
+        made, pickler, parts = _spare_picklers.pop()
+    except IndexError:
+        made = None
+    if made != stamp:
+        parts = []
+        pickler = reduction.ForkingPickler(_Parts(parts.append))
+    parts.append(_HEADER.pack(job, i, took))
+    pickler.dump(obj)                    # on failure, the pickler is dropped
+    pickler.clear_memo()
+    message = b''.join(parts)
+    parts.clear()
+    if len(_spare_picklers) < 4:
+        _spare_picklers.append((stamp, pickler, parts))
+    return message
+
+
+def _decode(message):
+    """The object of a message made by _pack; a failure to unpickle it is
+    returned as the outcome (False, exception)."""
+    try:
+        return reduction.ForkingPickler.loads(
+            memoryview(message)[_HEADER.size:])
+    except Exception as e:
+        return (False, e)
 
 
 def _wrap(exc, wrap_exception):
@@ -175,13 +224,14 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None,
             initializer(*initargs)
         except BaseException as e:
             try:
-                conn.send_bytes(_dumps_with_header(
+                conn.send_bytes(_pack(
                     _INIT_FAILED, 0, ExceptionWithTraceback(e, e.__traceback__)))
             except Exception:
                 pass
             raise
-    conn.send_bytes(_HEADER.pack(_READY, 0))
+    conn.send_bytes(_HEADER.pack(_READY, 0, 0.0))
     loads = reduction.ForkingPickler.loads
+    clock = time.perf_counter
     done = 0
     while maxtasks is None or done < maxtasks:
         try:
@@ -190,7 +240,8 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None,
             break
         if not data:
             break
-        job, i = _HEADER.unpack_from(data)
+        job, i, _ = _HEADER.unpack_from(data)
+        started = clock()
         try:
             try:
                 func, args, kwds = loads(memoryview(data)[_HEADER.size:])
@@ -200,11 +251,12 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None,
         except Exception as e:
             result = (False, _wrap(e, wrap_exception))
         del data
+        took = clock() - started
         try:
-            out = _dumps_with_header(job, i, result)
+            out = _pack(job, i, result, took)
         except Exception as e:
             err = MaybeEncodingError(e, result[1])
-            out = _dumps_with_header(job, i, (False, _wrap(err, wrap_exception)))
+            out = _pack(job, i, (False, _wrap(err, wrap_exception)), took)
         result = None
         conn.send_bytes(out)
         out = None
@@ -218,15 +270,11 @@ class ApplyResult:
     """The result of apply_async(): get(), wait(), ready(), successful()."""
 
     def __init__(self, pool, callback, error_callback):
-        self._pool = pool
+        self._callback, self._error_callback = callback, error_callback
+        self._success = self._value = None
         self._event = threading.Event()
-        self._job = next(job_counter)
-        self._cache = pool._cache
-        self._callback = callback
-        self._error_callback = error_callback
-        self._success = None
-        self._value = None
-        self._cache[self._job] = self
+        self._pool = pool
+        self._cache = _enlist(self, pool._cache)
 
     def ready(self):
         """Whether the call has completed."""
@@ -235,9 +283,9 @@ class ApplyResult:
     def successful(self):
         """Whether the call completed without raising; ValueError if it has
         not completed yet."""
-        if not self.ready():
-            raise ValueError('{0!r} not ready'.format(self))
-        return self._success
+        if self._event.is_set():
+            return self._success
+        raise ValueError('%r not ready' % (self,))
 
     def wait(self, timeout=None):
         """Wait until the result is available or `timeout` seconds pass."""
@@ -247,11 +295,11 @@ class ApplyResult:
         """Return the result, or raise the call's exception; TimeoutError
         if it is not ready within `timeout` seconds."""
         self.wait(timeout)
-        if not self.ready():
+        if not self._event.is_set():
             raise TimeoutError
-        if self._success:
-            return self._value
-        raise self._value
+        if not self._success:
+            raise self._value
+        return self._value
 
     def _finish(self, success, value):
         # Callbacks run before waiters wake (the stdlib's order).
@@ -278,6 +326,13 @@ class ApplyResult:
 
 
 AsyncResult = ApplyResult
+
+
+def _enlist(result, cache):
+    # Give `result` its job id and file it in the pool's cache.
+    result._job = job = next(job_counter)
+    cache[job] = result
+    return cache
 
 
 def _run_callback(callback, value):
@@ -464,6 +519,24 @@ class Pool:
     map, imap and friends.  A worker that dies fails the task it held with
     WorkerLostError and is replaced."""
 
+    def __init__(self, processes=None, initializer=None, initargs=(),
+                 maxtasksperchild=None, context=None, *, backend=None):
+        # __del__ and __repr__ read these, whatever fails further down.
+        self._state, self._pool, self._cache, self._feeder = INIT, [], {}, None
+        self._ctx = context if context is not None else _get_default_context()
+        self._processes = _pool_size(processes)
+        self._maxtasksperchild = _task_limit(maxtasksperchild)
+        if not (initializer is None or callable(initializer)):
+            raise TypeError('initializer must be a callable')
+        self._initializer, self._initargs = initializer, initargs
+        dispatcher = self._dispatcher = self._make_dispatcher()
+        self._taskqueue = dispatcher.taskqueue
+        dispatcher.start()
+        self._terminate = util.Finalize(self, dispatcher.terminate,
+                                        exitpriority=15)
+        self._state = RUN
+
+    # Workers get exceptions to the caller with their traceback as text.
     _wrap_exception = True
 
     @staticmethod
@@ -480,37 +553,6 @@ class Pool:
                 from .backends import pool_class
                 cls = pool_class(backend)
         return object.__new__(cls)
-
-    def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None, *, backend=None):
-        # Set first, so that __del__ has what it reads whatever fails below.
-        self._pool = []
-        self._state = INIT
-        self._ctx = context or _get_default_context()
-        self._cache = {}
-        self._feeder = None
-        if processes is None:
-            processes = os.cpu_count() or 1
-        if processes < 1:
-            raise ValueError('Number of processes must be at least 1')
-        if maxtasksperchild is not None:
-            if (not isinstance(maxtasksperchild, int)
-                    or isinstance(maxtasksperchild, bool)
-                    or maxtasksperchild <= 0):
-                raise ValueError('maxtasksperchild must be a positive int '
-                                 'or None')
-        if initializer is not None and not callable(initializer):
-            raise TypeError('initializer must be a callable')
-        self._processes = processes
-        self._initializer = initializer
-        self._initargs = initargs
-        self._maxtasksperchild = maxtasksperchild
-        self._dispatcher = self._make_dispatcher()
-        self._taskqueue = self._dispatcher.taskqueue
-        self._dispatcher.start()
-        self._state = RUN
-        self._terminate = util.Finalize(self, self._dispatcher.terminate,
-                                        exitpriority=15)
 
     def _make_dispatcher(self):
         return _ProcessDispatcher(
@@ -535,6 +577,14 @@ class Pool:
     def _check_running(self):
         if self._state != RUN:
             raise ValueError('Pool not running')
+
+    # `with Pool() as pool:` terminates the pool on the way out.
+    def __enter__(self):
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.terminate()
 
     def _repopulate_pool(self):
         """Ask the handler to bring the pool back to its size."""
@@ -583,24 +633,24 @@ class Pool:
     def _map_async(self, func, iterable, mapper, chunksize=None,
                    callback=None, error_callback=None, timeout=None):
         self._check_running()
-        if not hasattr(iterable, '__len__'):
+        # A range stays one: its slices are ranges, which cost nothing to
+        # make and a few bytes to pickle, however many items they hold.
+        if not isinstance(iterable, (list, tuple, range)):
             iterable = list(iterable)
-        if chunksize is None:
-            chunksize, extra = divmod(len(iterable), self._processes * 4)
-            if extra:
-                chunksize += 1
-        if len(iterable) == 0:
+        total = len(iterable)
+        if not total:
             chunksize = 0
-        if not isinstance(iterable, (list, tuple)):
-            iterable = list(iterable)
-        result = MapResult(self, chunksize, len(iterable), callback,
-                           error_callback)
+        elif chunksize is None:
+            # About four chunks per worker, as the stdlib cuts them.
+            chunksize = -(-total // (4 * self._processes))
+        result = MapResult(self, chunksize, total, callback, error_callback)
         submit = self._dispatcher.submit
-        for i, start in enumerate(range(0, len(iterable), chunksize or 1)):
+        step = chunksize or 1
+        for i, start in enumerate(range(0, total, step)):
             if result.ready():
                 break
-            chunk = iterable[start:start + chunksize]
-            submit(result, i, mapper, ((func, chunk),), {}, timeout)
+            submit(result, i, mapper, ((func, iterable[start:start + step]),),
+                   {}, timeout)
         return result
 
     def imap(self, func, iterable, chunksize=1):
@@ -649,20 +699,29 @@ class Pool:
     def join(self):
         """Wait for the workers to exit; close() or terminate() first."""
         util.debug('joining pool')
-        if self._state == RUN:
-            raise ValueError('Pool is still running')
-        elif self._state not in (CLOSE, TERMINATE):
-            raise ValueError('In unknown state')
+        state = self._state
+        if state not in (CLOSE, TERMINATE):
+            raise ValueError('Pool is still running' if state == RUN
+                             else 'In unknown state')
         if self._feeder is not None:
             self._feeder.join()
         self._dispatcher.join()
 
-    def __enter__(self):
-        self._check_running()
-        return self
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
-        self.terminate()
+def _pool_size(processes):
+    if processes is None:
+        return os.cpu_count() or 1
+    if processes >= 1:
+        return processes
+    raise ValueError('Number of processes must be at least 1')
+
+
+def _task_limit(maxtasks):
+    ok = maxtasks is None or (type(maxtasks) is not bool
+                              and isinstance(maxtasks, int) and maxtasks > 0)
+    if not ok:
+        raise ValueError('maxtasksperchild must be a positive int or None')
+    return maxtasks
 
 
 def _get_default_context():
@@ -712,31 +771,38 @@ class _Feeder:
 
     def _feed(self, result, func, iterable, chunksize):
         disp = self._dispatcher
-        mapper = mapstar
-        i = -1
+        n = 0                    # tasks submitted so far
         try:
-            it = iter(iterable)
-            while True:
-                chunk = list(itertools.islice(it, chunksize))
-                if not chunk:
-                    break
+            for runner, args in _tasks_of(func, iterable, chunksize):
                 if self._stopping:
                     return
                 while disp.backlog() >= self._limit and not self._stopping:
                     disp.wait_for_space(self._limit // 2)
-                i += 1
-                if chunksize == 1:
-                    # No chunk to unpack in the worker: one call per item.
-                    disp.submit(result, i, _one, ((func, chunk[0]),), {}, None)
-                else:
-                    disp.submit(result, i, mapper, ((func, chunk),), {}, None)
+                disp.submit(result, n, runner, args, {}, None)
+                n += 1
                 if disp._broken is not None:
                     break        # every further chunk would fail alike
         except Exception as e:
-            result._set(i + 1, (False, e))
-            result._set_length(i + 2)
+            # The iterable raised: that is the result after the last chunk.
+            result._set(n, (False, e))
+            result._set_length(n + 1)
         else:
-            result._set_length(i + 1)
+            result._set_length(n)
+
+
+def _tasks_of(func, iterable, chunksize):
+    # (runner, args) for each task of imap(func, iterable, chunksize).
+    items = iter(iterable)
+    if chunksize == 1:
+        # No chunk to unpack in the worker: one call per item.
+        for item in items:
+            yield _one, ((func, item),)
+        return
+    while True:
+        chunk = list(itertools.islice(items, chunksize))
+        if not chunk:
+            return
+        yield mapstar, ((func, chunk),)
 
 
 def _one(args):
@@ -749,63 +815,97 @@ def _one(args):
 class _Worker:
     """The parent's record of one worker process."""
 
-    __slots__ = ('process', 'conn', 'sentinel', 'ready', 'tasks', 'deadline',
-                 'done', 'retiring', 'eof_at')
+    __slots__ = ('process', 'conn', 'sentinel', 'ready', 'tasks', 'waiting',
+                 'depth', 'pace', 'deadline', 'done', 'retiring', 'eof_at')
 
     def __init__(self, process, conn):
         self.process = process
         self.conn = conn
         self.sentinel = getattr(process, "sentinel", None)
         self.ready = False
-        # Tasks sent, in order: the first is the one it runs, a second
-        # waits in its pipe (see _PREFETCH_BYTES).
+        # Tasks sent, in order: the first is the one it runs, the others
+        # wait in its pipe (see _LINE_MIN).
         self.tasks = collections.deque()
+        self.waiting = 0         # bytes of the tasks behind the first
+        self.depth = _LINE_MIN   # how many tasks it may hold now
+        self.pace = None         # seconds its recent tasks took to run
         self.deadline = None     # of the first task, if it has a timeout
         self.done = 0
         self.retiring = False    # will exit after its last task (maxtasks)
         self.eof_at = None
 
 
-# A worker may hold a second task in its pipe while it runs the first, so
-# that it need not wait for the handler between tiny tasks.  Only a task
-# this small is sent early: it fits the socket buffer, so the send never
-# blocks on a worker busy computing (while that worker might be blocked
-# sending us a large result).  A worker that dies never started its
-# queued task: that one is sent to another worker.
-_PREFETCH_BYTES = 16384
+# A worker holds more than the task it runs: the next ones wait in its
+# pipe, so that it never waits for the parent between tasks, and tiny
+# tasks stream through it as through the stdlib's shared queue.  It holds
+# _LINE_MIN tasks, or as many (up to _LINE_MAX) as its recent tasks would
+# run in _LINE_WAIT seconds: so a task waits in a worker's line about that
+# long at most, while another worker might have been free.  (Workers say
+# how long each task ran.)  A worker that dies never started the tasks
+# waiting in its pipe: those go to other workers.
+#
+# Sending to a busy worker must never block: it might be blocked sending
+# us a large result meanwhile, with nobody reading.  So the tasks waiting
+# behind its first one may add up to half its pipe's send buffer at most:
+# once it has read its first task (which it does before anything else),
+# all the rest fit.
+_LINE_MIN, _LINE_MAX = 2, 64
+_LINE_WAIT = 0.005
+_send_room_cache = []
+
+
+def _send_room(conn):
+    """How many bytes of tasks may wait in a busy worker's `conn`."""
+    if not _send_room_cache:
+        try:
+            with socket.fromfd(conn.fileno(), socket.AF_UNIX,
+                               socket.SOCK_STREAM) as s:
+                size = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        except OSError:
+            size = 0
+        _send_room_cache.append(max(0, size) // 2)
+    return _send_room_cache[0]
 
 
 class _ProcessDispatcher:
     """Owns the worker processes and the handler thread.  Holds no
     reference to the Pool, so that an unclosed pool can be collected (and
-    its finalizer then stops the workers)."""
+    its finalizer then stops the workers).
+
+    Workers' state is guarded by one lock.  The handler thread holds it
+    except while it sleeps in wait(); a submitting thread that gets it
+    without waiting sends its task straight to a worker that can take it,
+    so a pool with room costs no handler wake-up per task."""
+
+    # How many tasks a worker may hold at most (see _LINE_MAX).
+    _line_max = _LINE_MAX
 
     def __init__(self, pool_list, cache, ctx, process_factory, processes,
                  initializer, initargs, maxtasks, wrap_exception):
-        self.taskqueue = queue.SimpleQueue()
-        self._retry = collections.deque()
-        self._workers = pool_list            # the Pool's _pool: processes
-        self._records = []                   # _Worker, same order
-        self._cache = cache
-        self._ctx = ctx
-        self._process_factory = process_factory
-        self._processes = processes
-        self._initializer = initializer
-        self._initargs = initargs
-        self._maxtasks = maxtasks
+        # What workers are made of, and what they are told at start.
+        self._ctx, self._process_factory = ctx, process_factory
+        self._fork = _start_method(ctx) == 'fork'
+        self._processes, self._maxtasks = processes, maxtasks
+        self._initializer, self._initargs = initializer, initargs
         self._wrap_exception = wrap_exception
-        self._closing = False
-        self._terminating = False
-        self._broken = None
-        self._thread = None
+        # Shared with the Pool: its _pool (the live worker processes), its
+        # _cache (pending results by job id) and its _taskqueue.
+        self._workers, self._cache = pool_list, cache
+        self.taskqueue = queue.SimpleQueue()
+        # Under the lock (an RLock: callbacks run under it may submit).
+        self._lock = threading.RLock()
+        self._records = []       # a _Worker per process in _workers, + retiring
+        self._retry = collections.deque()    # taken back from a worker
+        self._prefetch = 0       # see _send_room
+        self._waitset_dirty, self._timed = True, False
+        # State changes, and waking the handler out of its wait().
+        self._closing = self._terminating = False
+        self._broken = self._thread = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._wake_pending = False
-        self._fork = _start_method(ctx) == 'fork'
-        self._space = threading.Event()
-        self._space_low = -1
-        self._waitset_dirty = True
-        self._timed = False      # some worker has a deadline or lost its pipe
+        # The feeder's flow control (wait_for_space).
+        self._space, self._space_low = threading.Event(), -1
 
     # -- called from the pool's threads
 
@@ -813,15 +913,48 @@ class _ProcessDispatcher:
         if timeout is not None and not timeout > 0:
             raise ValueError('timeout must be a positive number of seconds')
         try:
-            data = _dumps_with_header(result._job, i, (func, args, kwds))
+            data = _pack(result._job, i, (func, args, kwds))
         except Exception as e:
             result._set(i, (False, _pickling_hint(e)))
             return
         if self._broken is not None:
             result._set(i, (False, self._broken))
             return
-        self.taskqueue.put((result, i, data, timeout))
-        self.wake()
+        task = (result, i, data, timeout)
+        if self._lock.acquire(False):
+            try:
+                if self._hand_over(task):
+                    return
+            finally:
+                self._lock.release()
+        self.taskqueue.put(task)
+        # The handler hands out queued tasks after each result, so it need
+        # not be woken while a worker holds one (checked after the put).
+        if timeout is not None or not self._result_due():
+            self.wake()
+
+    def _hand_over(self, task):
+        # With the lock, nothing queued ahead: send `task` to a worker that
+        # can take it.  False: it goes in the queue.
+        if self._retry or self._terminating or not self.taskqueue.empty():
+            return False
+        taker = None             # the one with the shortest line
+        for r in self._records:
+            if taker is None or len(r.tasks) < len(taker.tasks):
+                if self._can_take(r, len(r.tasks) + 1, task):
+                    taker = r
+        if taker is None:
+            return False
+        if not self._send(taker, task) or task[3] is not None:
+            self.wake()          # to hand it out again, or to time it
+        return True
+
+    def _result_due(self):
+        # Whether some worker holds a task (so the handler will wake).
+        for rec in self._records:
+            if rec.tasks:
+                return True
+        return False
 
     def backlog(self):
         return self.taskqueue.qsize()
@@ -892,6 +1025,7 @@ class _ProcessDispatcher:
             child_conn.close()
             raise
         child_conn.close()
+        self._prefetch = _send_room(parent_conn)
         rec = _Worker(w, parent_conn)
         self._records.append(rec)
         self._waitset_dirty = True
@@ -910,52 +1044,72 @@ class _ProcessDispatcher:
             self._broken = WorkerLostError('the pool handler failed: %r' % e)
             self._terminating = True
         finally:
-            try:
-                self._stop_workers(kill=self._terminating)
-            finally:
-                self._fail_pending(self._broken or _terminated())
-                self._close_wake()
+            with self._lock:
+                try:
+                    self._stop_workers(kill=self._terminating)
+                finally:
+                    self._fail_pending(self._broken or _terminated())
+                    self._close_wake()
 
     def _loop(self):
         from .connection import wait
-        while not self._terminating:
-            self._maintain()
-            self._dispatch()
-            if self._space_low >= 0 and self.taskqueue.qsize() <= self._space_low:
-                self._space_low = -1
-                self._space.set()
-            if self._closing and self._idle():
-                return
-            if self._waitset_dirty:
-                # Rebuilt only when a worker comes, goes or loses its pipe.
-                self._waitset_dirty = False
-                objs = {self._wake_r: None}
-                for r in self._records:
-                    if r.conn is not None and r.eof_at is None:
-                        objs[r.conn] = r
-                    objs[r.sentinel] = r
-                objlist = list(objs)
-            timeout = self._next_timeout() if self._timed else None
+        lock = self._lock
+        waitset = {}
+        while True:
+            with lock:
+                if not self._prepare_wait():
+                    return
+                if self._waitset_dirty:
+                    # Rebuilt only when a worker comes, goes or loses its pipe.
+                    self._waitset_dirty = False
+                    waitset = self._waitset()
+                    objlist = list(waitset)
+                timeout = self._next_timeout() if self._timed else None
             ready = wait(objlist, timeout)
-            for obj in ready:
-                if isinstance(obj, int) and obj == self._wake_r:
-                    # Drain, then clear: a wake() in between then writes
-                    # again rather than being swallowed.
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    self._wake_pending = False
-                    continue
-                rec = objs[obj]
-                if rec not in self._records:
-                    continue
-                if obj is rec.conn:
-                    self._on_readable(rec)
-                else:
-                    self._reap(rec)
-            if self._timed:
-                self._check_deadlines()
+            with lock:
+                for obj in ready:
+                    rec = waitset[obj]
+                    if rec is None:
+                        self._drain_wake()
+                    elif rec in self._records:
+                        if obj is rec.conn:
+                            self._on_readable(rec)
+                        else:
+                            self._reap(rec)
+                if self._timed:
+                    self._check_deadlines()
+
+    def _prepare_wait(self):
+        # Before each sleep: keep the pool at size, hand out what is
+        # queued, let the feeder go on.  False: time to stop.
+        if self._terminating:
+            return False
+        if len(self._workers) < self._processes:
+            self._maintain()
+        if self._retry or not self.taskqueue.empty():
+            self._dispatch()
+        if 0 <= self._space_low and self.taskqueue.qsize() <= self._space_low:
+            self._space_low = -1
+            self._space.set()
+        return not (self._closing and self._idle())
+
+    def _waitset(self):
+        # What the handler sleeps on, each mapped to its worker's record.
+        objs = {self._wake_r: None}
+        for r in self._records:
+            if r.conn is not None and r.eof_at is None:
+                objs[r.conn] = r
+            objs[r.sentinel] = r
+        return objs
+
+    def _drain_wake(self):
+        # Drain, then clear: a wake() in between then writes again rather
+        # than being swallowed.
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        self._wake_pending = False
 
     def _idle(self):
         return (not self._retry and self.taskqueue.empty()
@@ -1012,21 +1166,43 @@ class _ProcessDispatcher:
         # Its queued tasks never started: first in line for other workers.
         while len(rec.tasks) > 0:
             self._retry.appendleft(rec.tasks.pop())
+        rec.waiting = 0
 
-    def _can_take(self, rec, depth):
-        if not rec.ready or rec.retiring or rec.conn is None:
+    def _can_take(self, rec, depth, task=None):
+        # Whether `rec` may hold `depth` tasks (with `task` as the last).
+        held = len(rec.tasks)
+        if held >= depth or depth > rec.depth:
             return False
-        if len(rec.tasks) >= depth:
+        if not rec.ready or rec.retiring or rec.eof_at is not None:
             return False
+        if held and task is not None:
+            if rec.waiting + len(task[2]) > self._prefetch:
+                return False
         return (self._maxtasks is None
-                or rec.done + len(rec.tasks) < self._maxtasks)
+                or rec.done + held < self._maxtasks)
 
     def _dispatch(self):
-        # Idle workers first; then a second, small task for busy ones.
-        for depth in (1, 2):
-            for r in self._records:
+        # Level by level, so that lines grow evenly: a task for each idle
+        # worker first, then one more for each worker with one, and so on.
+        records = self._records
+        if not records:
+            return
+        low = min([len(r.tasks) for r in records]) + 1
+        for depth in range(low, max([r.depth for r in records]) + 1):
+            for r in records:
                 if self._can_take(r, depth) and not self._feed(r, depth):
                     return
+
+    def _fill(self, rec):
+        # Top `rec` up to its depth; False when nothing is left to give.
+        if not self._retry and self.taskqueue.empty():
+            return False
+        for depth in range(len(rec.tasks) + 1, rec.depth + 1):
+            if not self._can_take(rec, depth):
+                break
+            if not self._feed(rec, depth):
+                return False
+        return True
 
     def _feed(self, rec, depth):
         # Give `rec` one more task; False when there is none left to give.
@@ -1034,71 +1210,89 @@ class _ProcessDispatcher:
             task = self._next_task()
             if task is None:
                 return False
-            if rec.tasks and len(task[2]) > _PREFETCH_BYTES:
-                self._retry.appendleft(task)
+            if not self._can_take(rec, depth, task):
+                self._retry.appendleft(task)     # too large to wait in line
                 return depth < 2
             if self._send(rec, task):
                 return True
 
     def _send(self, rec, task):
-        # True once `rec` holds a task (or cannot take one any more).
+        # True once `rec` holds the task; False when it went elsewhere:
+        # failed (broken pool), cancelled (executors), or back in line.
         result, i, data, timeout = task
         if self._broken is not None:
             result._set(i, (False, self._broken))
             return False
         if not result._start(i):
-            return False         # cancelled meanwhile (executors)
+            return False
         try:
             rec.conn.send_bytes(data)
         except OSError:
             # Never delivered, so never started: someone else runs it.
             self._retry.appendleft(task)
             rec.ready = False
-            return True
-        rec.tasks.append(task)
-        if len(rec.tasks) == 1 and timeout is not None:
+            return False
+        if rec.tasks:
+            rec.waiting += len(data)
+        elif timeout is not None:
             rec.deadline = time.monotonic() + timeout
             self._timed = True
+        rec.tasks.append(task)
         return True
 
     def _on_readable(self, rec):
-        try:
-            data = rec.conn.recv_bytes()
-        except (EOFError, OSError):
-            rec.eof_at = time.monotonic()
-            self._waitset_dirty = self._timed = True
-            return
-        self._on_message(rec, data)
-        for depth in (1, 2):
-            if self._can_take(rec, depth):
-                self._feed(rec, depth)
+        # Read what it sent (a few messages, when they stream in), send it
+        # more work, then unpickle and hand out the results.
+        replies = []
+        conn = rec.conn
+        for _ in range(_LINE_MAX):
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                rec.eof_at = time.monotonic()
+                self._waitset_dirty = self._timed = True
+                break
+            reply = self._account(rec, data)
+            if reply is not None:
+                replies.append(reply)
+            if not rec.tasks or not conn.poll(0):
+                break
+        self._fill(rec)
+        for reply in replies:
+            self._deliver(*reply)
 
-    def _on_message(self, rec, data):
-        job, i = _HEADER.unpack_from(data)
+    def _account(self, rec, data):
+        # Book a message from `rec`; return (result, i, data) to deliver.
+        job, i, took = _HEADER.unpack_from(data)
         if job == _READY:
             rec.ready = True
-            return
-        try:
-            obj = reduction.ForkingPickler.loads(memoryview(data)[_HEADER.size:])
-        except Exception as e:
-            obj = (False, e)
+            return None
         if job == _INIT_FAILED:
-            self._break(obj)
-            return
+            self._break(_decode(data))
+            return None
         task = rec.tasks.popleft() if rec.tasks else None
         rec.deadline = None
-        if rec.tasks and rec.tasks[0][3] is not None:
-            rec.deadline = time.monotonic() + rec.tasks[0][3]
-            self._timed = True
+        if rec.tasks:
+            rec.waiting -= len(rec.tasks[0][2])      # now running
+            if rec.tasks[0][3] is not None:
+                rec.deadline = time.monotonic() + rec.tasks[0][3]
+                self._timed = True
+        pace = took if rec.pace is None else (rec.pace + took) / 2
+        rec.pace, most = pace, self._line_max
+        rec.depth = (most if pace * most <= _LINE_WAIT else
+                     max(_LINE_MIN, min(most, int(_LINE_WAIT / pace))))
         rec.done += 1
         if self._maxtasks is not None and rec.done >= self._maxtasks:
             self._retire(rec)
             self._maintain()     # replaced before the caller hears back
-        result = self._cache.get(job)
         if task is not None and task[0]._job == job:
-            result = task[0]
-        if result is not None:
-            result._set(i, obj)
+            return task[0], i, data
+        result = self._cache.get(job)
+        return None if result is None else (result, i, data)
+
+    @staticmethod
+    def _deliver(result, i, data):
+        result._set(i, _decode(data))
 
     def _retire(self, rec):
         # It is on its way out: _pool shows its replacement instead.
@@ -1110,6 +1304,7 @@ class _ProcessDispatcher:
 
     def _reap(self, rec):
         # Read what it sent before it went, then account for the task.
+        rec.retiring = True      # callbacks run meanwhile send it nothing
         while rec.conn is not None and rec.eof_at is None:
             try:
                 if not rec.conn.poll(0):
@@ -1117,7 +1312,9 @@ class _ProcessDispatcher:
                 data = rec.conn.recv_bytes()
             except (EOFError, OSError):
                 break
-            self._on_message(rec, data)
+            reply = self._account(rec, data)
+            if reply is not None:
+                self._deliver(*reply)
         rec.process.join(5)
         exitcode = rec.process.exitcode
         pid = rec.process.pid
@@ -1156,6 +1353,7 @@ class _ProcessDispatcher:
                 break
             task[0]._set(task[1], (False, exc))
         for r in self._records:
+            r.waiting = 0
             while r.tasks:
                 result, i = r.tasks.popleft()[:2]
                 result._set(i, (False, exc))
@@ -1231,15 +1429,15 @@ class ThreadPool(Pool):
     """A Pool whose workers are threads of this process: same API, no
     pickling, exceptions re-raised as they are."""
 
-    _wrap_exception = False
+    def __init__(self, processes=None, initializer=None, initargs=()):
+        Pool.__init__(self, processes, initializer, initargs)
+
+    _wrap_exception = False      # same process: exceptions as they are
 
     @staticmethod
     def Process(ctx, *args, **kwds):
         from .dummy import DummyProcess
         return DummyProcess(*args, **kwds)
-
-    def __init__(self, processes=None, initializer=None, initargs=()):
-        Pool.__init__(self, processes, initializer, initargs)
 
     def _make_dispatcher(self):
         return _ThreadDispatcher(self._pool, self._cache, self._processes,
@@ -1250,14 +1448,11 @@ class _ThreadDispatcher:
     """Worker threads pulling tasks from one queue."""
 
     def __init__(self, pool_list, cache, processes, initializer, initargs):
-        self.taskqueue = queue.SimpleQueue()
-        self._workers = pool_list
-        self._cache = cache
+        self._workers, self._cache = pool_list, cache
         self._processes = processes
-        self._initializer = initializer
-        self._initargs = initargs
-        self._terminating = False
-        self._closed = False
+        self._initializer, self._initargs = initializer, initargs
+        self.taskqueue = queue.SimpleQueue()
+        self._terminating = self._closed = False
         self._broken = None
         self._lock = threading.Lock()
 

@@ -11,13 +11,19 @@ import sys
 import threading
 from weakref import WeakSet
 
-__all__ = ['BaseProcess', 'current_process', 'active_children',
-           'parent_process']
+__all__ = ['active_children', 'current_process', 'parent_process',
+           'BaseProcess']
 
-try:
-    ORIGINAL_DIR = os.path.abspath(os.getcwd())
-except OSError:
-    ORIGINAL_DIR = None
+
+def _startup_directory():
+    # Spawned children chdir back here; the directory may already be gone.
+    try:
+        return os.path.abspath(os.getcwd())
+    except OSError:
+        return None
+
+
+ORIGINAL_DIR = _startup_directory()
 
 
 def current_process():
@@ -39,11 +45,10 @@ def active_children():
 
 
 def _cleanup():
-    # Poll every child so that finished ones are reaped and forgotten.
-    for child in list(_children):
-        popen = child._popen
-        if popen is not None and popen.poll() is not None:
-            _children.discard(child)
+    # poll() reaps; forget every child that has an exit code by now.
+    ended = {child for child in _children
+             if child._popen is not None and child._popen.poll() is not None}
+    _children.difference_update(ended)
 
 
 class AuthenticationString(bytes):
@@ -52,43 +57,68 @@ class AuthenticationString(bytes):
 
     def __reduce__(self):
         from .context import get_spawning_popen
-        if get_spawning_popen() is None:
-            raise TypeError('Pickling an AuthenticationString object is '
-                            'disallowed for security reasons')
-        return AuthenticationString, (bytes(self),)
+        if get_spawning_popen() is not None:
+            return AuthenticationString, (bytes(self),)
+        raise TypeError('Pickling an AuthenticationString object is '
+                        'disallowed for security reasons')
+
+
+_UNSET = object()
+
+# __repr__'s state words that need no poll, tried in this order.
+_SETTLED_STATES = (
+    ('started', lambda proc: proc is _current_process),
+    ('closed', lambda proc: proc._closed),
+    ('unknown', lambda proc: proc._parent_pid != os.getpid()),
+    ('initial', lambda proc: proc._popen is None),
+)
 
 
 class BaseProcess:
     """A process-shaped object; concrete classes supply `_Popen`."""
 
+    # Set by the context's Process class; the child forces it on start-up.
+    _start_method = None
+
     def _Popen(self, process_obj):
         raise NotImplementedError
-
-    def _check_closed(self):
-        if self._closed:
-            raise ValueError("process object is closed")
 
     def __init__(self, group=None, target=None, name=None, args=(),
                  kwargs={}, *, daemon=None):
         if group is not None:
             raise AssertionError('group argument must be None for now')
-        me = _current_process
-        self._identity = me._identity + (next(_process_counter),)
-        self._config = dict(me._config)
-        self._parent_pid = os.getpid()
-        self._parent_name = me.name
+        creator = _current_process
         self._popen = None
         self._closed = False
-        self._target = target
-        self._args = tuple(args)
-        self._kwargs = dict(kwargs)
-        if name is None:
-            name = '%s-%s' % (type(self).__name__,
-                              ':'.join(str(i) for i in self._identity))
-        self._name = name
+        self._parent_pid = os.getpid()
+        self._parent_name = creator.name
+        self._config = dict(creator._config)
+        self._identity = (*creator._identity, next(_process_counter))
+        self._target, self._args, self._kwargs = target, tuple(args), dict(kwargs)
+        # An empty name gets the default too, as in the stdlib.
+        self._name = name or (type(self).__name__ + '-'
+                              + ':'.join(map(str, self._identity)))
+        _dangling.add(self)
         if daemon is not None:
             self.daemon = daemon
-        _dangling.add(self)
+
+    # -- guards ---------------------------------------------------------
+
+    def _check_started_here(self, what):
+        if self._parent_pid != os.getpid():
+            raise AssertionError('can only %s a child process' % what)
+
+    def _check_closed(self):
+        if self._closed:
+            raise ValueError("process object is closed")
+
+    def _note_exit(self, code):
+        # Every path that learns the exit code drops the child from the set.
+        if code is not None:
+            _children.discard(self)
+        return code
+
+    # -- the documented methods -----------------------------------------
 
     def run(self):
         """The code the child runs; by default calls target(*args, **kwargs)."""
@@ -98,37 +128,37 @@ class BaseProcess:
     def start(self):
         """Start the child process."""
         self._check_closed()
-        if self._popen is not None:
-            raise AssertionError('cannot start a process twice')
-        if self._parent_pid != os.getpid():
-            raise AssertionError(
-                'can only start a process object created by current process')
-        if _current_process._config.get('daemon'):
-            raise AssertionError(
-                'daemonic processes are not allowed to have children')
+        refusals = (
+            (self._popen is not None, 'cannot start a process twice'),
+            (self._parent_pid != os.getpid(),
+             'can only start a process object created by current process'),
+            (_current_process._config.get('daemon'),
+             'daemonic processes are not allowed to have children'),
+        )
+        for refused, why in refusals:
+            if refused:
+                raise AssertionError(why)
         _cleanup()
         self._popen = self._Popen(self)
         self._sentinel = self._popen.sentinel
         # The child has its own copy now; drop ours so the target and its
         # arguments can be collected while the child runs.
-        del self._target, self._args, self._kwargs
+        for attr in ('_target', '_args', '_kwargs'):
+            delattr(self, attr)
         _children.add(self)
 
-    def _check_started_here(self, what):
-        if self._parent_pid != os.getpid():
-            raise AssertionError('can only %s a child process' % what)
+    def _signal_child(self, how):
+        self._check_closed()
+        if self._popen is not None:
+            getattr(self._popen, how)()
 
     def terminate(self):
         """Send SIGTERM to the child."""
-        self._check_closed()
-        if self._popen is not None:
-            self._popen.terminate()
+        self._signal_child('terminate')
 
     def kill(self):
         """Send SIGKILL to the child."""
-        self._check_closed()
-        if self._popen is not None:
-            self._popen.kill()
+        self._signal_child('kill')
 
     def join(self, timeout=None):
         """Wait until the child ends, or until `timeout` seconds passed."""
@@ -136,8 +166,7 @@ class BaseProcess:
         self._check_started_here('join')
         if self._popen is None:
             raise AssertionError('can only join a started process')
-        if self._popen.wait(timeout) is not None:
-            _children.discard(self)
+        self._note_exit(self._popen.wait(timeout))
 
     def is_alive(self):
         """Whether the process has started and not yet ended."""
@@ -145,63 +174,50 @@ class BaseProcess:
         if self is _current_process:
             return True
         self._check_started_here('test')
-        if self._popen is None:
-            return False
-        if self._popen.poll() is None:
-            return True
-        _children.discard(self)
-        return False
+        popen = self._popen
+        return popen is not None and self._note_exit(popen.poll()) is None
 
     def close(self):
         """Release the resources of an ended process object."""
         popen = self._popen
+        if popen is not None and popen.poll() is None:
+            raise ValueError("Cannot close a process while it is still "
+                             "running. You should first call join() or "
+                             "terminate().")
         if popen is not None:
-            if popen.poll() is None:
-                raise ValueError("Cannot close a process while it is still "
-                                 "running. You should first call join() or "
-                                 "terminate().")
-            popen.close()
-            self._popen = None
-            del self._sentinel
             _children.discard(self)
+            popen.close()
+            self.__dict__.pop('_sentinel', None)
+        self._popen = None
         self._closed = True
 
-    @property
-    def name(self):
-        return self._name
+    # -- attributes -----------------------------------------------------
 
-    @name.setter
-    def name(self, name):
+    def _set_name(self, name):
         if not isinstance(name, str):
             raise AssertionError('name must be a string')
         self._name = name
 
-    @property
-    def daemon(self):
-        """Whether the child is terminated when its parent exits."""
-        return self._config.get('daemon', False)
-
-    @daemon.setter
-    def daemon(self, daemonic):
+    def _set_daemon(self, daemonic):
         if self._popen is not None:
             raise AssertionError('process has already started')
         self._config['daemon'] = daemonic
 
-    @property
-    def authkey(self):
-        return self._config['authkey']
-
-    @authkey.setter
-    def authkey(self, authkey):
+    def _set_authkey(self, authkey):
         self._config['authkey'] = AuthenticationString(authkey)
+
+    # daemon and authkey live in _config because children inherit it.
+    name = property(lambda self: self._name, _set_name)
+    daemon = property(lambda self: self._config.get('daemon', False),
+                      _set_daemon,
+                      doc='Whether the child is terminated when its parent exits.')
+    authkey = property(lambda self: self._config['authkey'], _set_authkey)
 
     @property
     def exitcode(self):
         """The exit code: None while running, -N if killed by signal N."""
         self._check_closed()
-        if self._popen is None:
-            return None
-        return self._popen.poll()
+        return None if self._popen is None else self._popen.poll()
 
     @property
     def ident(self):
@@ -209,7 +225,7 @@ class BaseProcess:
         self._check_closed()
         if self is _current_process:
             return os.getpid()
-        return self._popen and self._popen.pid
+        return None if self._popen is None else self._popen.pid
 
     pid = ident
 
@@ -217,98 +233,85 @@ class BaseProcess:
     def sentinel(self):
         """A file descriptor that becomes ready when the process ends."""
         self._check_closed()
-        try:
-            return self._sentinel
-        except AttributeError:
-            raise ValueError("process not started") from None
+        fd = getattr(self, '_sentinel', _UNSET)
+        if fd is _UNSET:
+            raise ValueError("process not started")
+        return fd
 
     def __repr__(self):
-        code = None
-        if self is _current_process:
-            state = 'started'
-        elif self._closed:
-            state = 'closed'
-        elif self._parent_pid != os.getpid():
-            state = 'unknown'
-        elif self._popen is None:
-            state = 'initial'
+        exitcode = None
+        for state, applies in _SETTLED_STATES:
+            if applies(self):
+                break
         else:
-            code = self._popen.poll()
-            state = 'started' if code is None else 'stopped'
-        parts = [type(self).__name__, 'name=%r' % self._name]
-        if self._popen is not None:
-            parts.append('pid=%s' % self._popen.pid)
-        parts.append('parent=%s' % self._parent_pid)
-        parts.append(state)
-        if code is not None:
-            parts.append('exitcode=%s' % _exitcode_to_name.get(code, code))
-        if self.daemon:
-            parts.append('daemon')
-        return '<%s>' % ' '.join(parts)
+            exitcode = self._popen.poll()
+            state = 'started' if exitcode is None else 'stopped'
+        popen = self._popen
+        words = (
+            type(self).__name__,
+            'name=%r' % self._name,
+            popen is not None and 'pid=%s' % popen.pid,
+            'parent=%s' % self._parent_pid,
+            state,
+            exitcode is not None
+            and 'exitcode=%s' % _exitcode_to_name.get(exitcode, exitcode),
+            self.daemon and 'daemon',
+        )
+        return '<%s>' % ' '.join(word for word in words if word)
+
+    # -- the child's side -----------------------------------------------
 
     def _bootstrap(self, parent_sentinel=None):
         """Run in the new child: become the current process, run, and
         return the exit code (the Popen exits with it)."""
-        global _current_process, _parent_process, _process_counter, _children
-        from . import util
         try:
-            if self._start_method is not None:
-                from . import context
-                context._force_start_method(self._start_method)
-            _process_counter = itertools.count(1)
-            _children = set()
-            util._close_stdin()
-            old_process = _current_process
-            _current_process = self
-            _parent_process = _ParentProcess(
-                self._parent_name, self._parent_pid, parent_sentinel)
-            if threading._HAVE_THREAD_NATIVE_ID:
-                threading.main_thread()._set_native_id()
-            try:
-                self._after_fork()
-            finally:
-                # Break the reference cycle through the old main Process.
-                del old_process
-            util.info('child process calling self.run()')
-            try:
-                self.run()
-                exitcode = 0
-            finally:
-                util._exit_function()
-        except SystemExit as e:
-            exitcode = _exit_status_from(e.code)
+            exitcode = self._child_main(parent_sentinel)
+        except SystemExit as exc:
+            exitcode = _exit_status_from(exc.code)
         except BaseException:
-            exitcode = 1
-            import traceback
-            sys.stderr.write('Process %s:\n' % self.name)
-            traceback.print_exc()
+            exitcode = _report_crash(self.name)
         finally:
-            threading._shutdown()
-            util.info('process exiting with exitcode %d' % exitcode)
-            util._flush_std_streams()
+            _wind_down(exitcode)
         return exitcode
+
+    def _child_main(self, parent_sentinel):
+        from . import util
+        if self._start_method is not None:
+            from . import context
+            context._force_start_method(self._start_method)
+        _become_current(self, parent_sentinel)
+        util.info('child process calling self.run()')
+        try:
+            self.run()
+        finally:
+            util._exit_function()
+        return 0
 
     @staticmethod
     def _after_fork():
-        from . import util
-        util._finalizer_registry.clear()
-        util._run_after_forkers()
-
-    # Set by the context's Process class; the child forces it on start-up.
-    _start_method = None
+        # Finalizers belong to the parent; after-fork hooks re-arm our own.
+        from .util import _finalizer_registry, _run_after_forkers
+        _finalizer_registry.clear()
+        _run_after_forkers()
 
 
-def _sentinel_ready(fd, timeout):
-    """Wait up to `timeout` seconds (None: forever) for `fd` to become
-    readable or hung up; return whether it did."""
-    import select
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    if timeout is None:
-        ms = None
-    else:
-        ms = max(0, int(timeout * 1000 + 0.999))
-    return bool(poller.poll(ms))
+def _become_current(proc, parent_sentinel):
+    """Make `proc` this (child) process's current process, with fresh
+    numbering and no children, then run the after-fork hooks."""
+    global _current_process, _parent_process, _process_counter
+    from . import util
+    _process_counter = itertools.count(1)
+    _children.clear()
+    util._close_stdin()
+    if threading._HAVE_THREAD_NATIVE_ID:
+        threading.main_thread()._set_native_id()
+    _parent_process = _ParentProcess(
+        proc._parent_name, proc._parent_pid, parent_sentinel)
+    # Held until the hooks ran, so the old main object is finalized after
+    # them and not in the middle of the switch.
+    inherited, _current_process = _current_process, proc
+    proc._after_fork()
+    del inherited
 
 
 def _exit_status_from(code):
@@ -322,55 +325,72 @@ def _exit_status_from(code):
     return 1
 
 
+def _wind_down(exitcode):
+    # Non-daemon threads first: they may still log or write output.
+    from . import util
+    threading._shutdown()
+    util.info('process exiting with exitcode %d' % exitcode)
+    util._flush_std_streams()
+
+
+def _report_crash(name):
+    import traceback
+    sys.stderr.write('Process %s:\n' % name)
+    traceback.print_exc()
+    return 1
+
+
+def _sentinel_ready(fd, timeout):
+    """Wait up to `timeout` seconds (None: forever) for `fd` to become
+    readable or hung up; return whether it did."""
+    import select
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return bool(poller.poll(ms))
+
+
+def _init_root(proc, name, config, **extra):
+    # The processes nobody started here: no identity numbers, no popen.
+    proc.__dict__.update(_identity=(), _name=name, _parent_pid=None,
+                         _popen=None, _closed=False, _config=config, **extra)
+
+
 class _ParentProcess(BaseProcess):
     """The parent as seen from a child: its name and pid, and liveness read
     from a sentinel that becomes ready when the parent goes away."""
 
     def __init__(self, name, pid, sentinel):
-        self._identity = ()
-        self._name = name
-        self._pid = pid
-        self._parent_pid = None
-        self._popen = None
-        self._closed = False
-        self._sentinel = sentinel
-        self._config = {}
+        _init_root(self, name, {}, _pid=pid, _sentinel=sentinel)
 
     def is_alive(self):
         return not _sentinel_ready(self._sentinel, 0)
 
-    @property
-    def ident(self):
-        return self._pid
-
-    pid = ident
-
     def join(self, timeout=None):
         """Wait until the parent process ends."""
         _sentinel_ready(self._sentinel, timeout)
+
+    ident = pid = property(lambda self: self._pid)
 
 
 class _MainProcess(BaseProcess):
     """The process the program started in."""
 
     def __init__(self):
-        self._identity = ()
-        self._name = 'MainProcess'
-        self._parent_pid = None
-        self._popen = None
-        self._closed = False
-        self._config = {'authkey': AuthenticationString(os.urandom(32)),
-                        'semprefix': '/mp'}
+        _init_root(self, 'MainProcess',
+                   {'authkey': AuthenticationString(os.urandom(32)),
+                    'semprefix': '/mp'})
 
     def close(self):
-        pass
+        """A no-op: the program's own process object stays usable."""
 
 
-_parent_process = None
-_current_process = _MainProcess()
-_process_counter = itertools.count(1)
+# Per-process state; _become_current resets it in a new child.
 _children = set()
-_dangling = WeakSet()
+_dangling = WeakSet()     # every Process ever made, for leak checks in tests
+_process_counter = itertools.count(1)
+_current_process = _MainProcess()
+_parent_process = None
 
 # repr() shows a signal death as its name: exitcode=-SIGTERM.
 _exitcode_to_name = {-sig.value: '-' + sig.name for sig in signal.Signals}

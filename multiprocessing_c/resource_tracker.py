@@ -18,6 +18,7 @@ still alive (one that closed its copy of the pipe but runs on), in which
 case the resource is left alone.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -90,37 +91,60 @@ def _spawn_ignoring_signals(spawnv_passfds, exe, args, fd):
 
 
 class ReentrantCallError(RuntimeError):
-    pass
+    """A tracker call made from inside another one on the same thread (a
+    signal handler or a finalizer that ran in the middle of it)."""
+
+
+def _start_tracker(read_fd):
+    """Start a tracker process reading `read_fd`; return its pid."""
+    from . import spawn, util
+    # The package may not be on the child's path (a script run from
+    # elsewhere): put the directory holding it first.
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    prog = ('import sys; sys.path.insert(0, %r); '
+            'from %s.resource_tracker import main; main(%d)'
+            % (package_dir, __package__, read_fd))
+    exe = spawn.get_executable()
+    args = [exe, *util._args_from_interpreter_flags(), '-c', prog]
+    return _spawn_ignoring_signals(util.spawnv_passfds, exe, args, read_fd)
+
+
+def _command(cmd, doc):
+    # register() and unregister(): one message each.
+    def send(self, name, rtype):
+        self._send(cmd, name, rtype)
+    send.__name__ = send.__qualname__ = cmd.lower()
+    send.__doc__ = doc
+    return send
 
 
 class ResourceTracker(object):
+    """This process's end of the tracker: the write end of the pipe (`_fd`)
+    and, if this process started the tracker, its pid (`_pid`)."""
 
     def __init__(self):
+        self._fd = self._pid = None
         self._lock = threading.RLock()
-        self._fd = None
-        self._pid = None
 
     def _reentrant_call_error(self):
         # A signal handler or a finalizer run from inside a tracker call.
         raise ReentrantCallError(
             'Reentrant call into the multiprocessing resource tracker')
 
+    def _forget_tracker(self):
+        # With the lock held.  Our write end closed, a tracker we started
+        # exits once no other process holds one: reap it then.
+        fd, pid = self._fd, self._pid
+        self._fd = self._pid = None
+        os.close(fd)
+        if pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
     def _stop(self):
         with self._lock:
-            if self._fd is None:
-                return
-            os.close(self._fd)
-            self._fd = None
-            if self._pid is not None:
-                try:
-                    os.waitpid(self._pid, 0)
-                except ChildProcessError:
-                    pass
-                self._pid = None
-
-    def getfd(self):
-        self.ensure_running()
-        return self._fd
+            if self._fd is not None:
+                self._forget_tracker()
 
     def ensure_running(self):
         """Make sure the tracker process runs; start it (again) if not.
@@ -128,57 +152,45 @@ class ResourceTracker(object):
         A process forked from a program with a tracker, or spawned by one,
         shares that tracker instead of starting its own."""
         with self._lock:
-            if self._fd is not None:
-                if self._check_alive():
-                    return
+            if self._fd is None:
+                self._launch()
+            elif not self._check_alive():
                 # The tracker died: what it knew is lost.
-                os.close(self._fd)
-                if self._pid is not None:
-                    try:
-                        os.waitpid(self._pid, 0)
-                    except ChildProcessError:
-                        pass
-                self._fd = None
-                self._pid = None
+                self._forget_tracker()
                 warnings.warn('resource_tracker: process died unexpectedly, '
                               'relaunching.  Some resources might leak.')
-            self._launch()
+                self._launch()
 
     def _launch(self):
-        from . import spawn, util
-        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(
-            __file__)))
-        r, w = os.pipe()
+        read_end, write_end = os.pipe()
         try:
-            prog = ('import sys; sys.path.insert(0, %r); '
-                    'from %s.resource_tracker import main; main(%d)'
-                    % (package_dir, __package__, r))
-            exe = spawn.get_executable()
-            args = [exe] + util._args_from_interpreter_flags() + ['-c', prog]
-            pid = _spawn_ignoring_signals(util.spawnv_passfds, exe, args, r)
-        except BaseException:
-            os.close(w)
-            raise
+            self._pid = _start_tracker(read_end)
+            self._fd, write_end = write_end, None
         finally:
-            os.close(r)
-        self._fd = w
-        self._pid = pid
+            # The tracker holds its own copy of the read end; the write end
+            # is ours only if the tracker started.
+            os.close(read_end)
+            if write_end is not None:
+                os.close(write_end)
+
+    def getfd(self):
+        """The write end of the tracker's pipe, for a child to inherit."""
+        self.ensure_running()
+        return self._fd
 
     def _check_alive(self):
-        """Whether the tracker still reads its pipe."""
+        """Whether the tracker still reads its pipe (writing to a pipe that
+        has no reader fails)."""
         try:
-            os.write(self._fd, b'PROBE:noop:0:\n')
+            return os.write(self._fd, b'PROBE:noop:0:\n') > 0
         except OSError:
             return False
-        return True
 
-    def register(self, name, rtype):
-        """Register `name` of type `rtype` for cleanup at the end."""
-        self._send('REGISTER', name, rtype)
-
-    def unregister(self, name, rtype):
-        """Tell the tracker `name` was unlinked (or needs no cleanup)."""
-        self._send('UNREGISTER', name, rtype)
+    register = _command(
+        'REGISTER', 'Register `name` of type `rtype` for cleanup at the end.')
+    unregister = _command(
+        'UNREGISTER', 'Tell the tracker `name` was unlinked (or needs no '
+        'cleanup).')
 
     def _send(self, cmd, name, rtype):
         if rtype not in _CLEANUP_FUNCS:
@@ -198,7 +210,11 @@ class ResourceTracker(object):
         assert nbytes == len(msg), 'short write to the resource tracker'
 
 
+# The module's functions are the bound methods of this process's tracker.
 _resource_tracker = ResourceTracker()
+ensure_running, register, unregister, getfd = (
+    _resource_tracker.ensure_running, _resource_tracker.register,
+    _resource_tracker.unregister, _resource_tracker.getfd)
 
 
 def _after_fork_in_child():
@@ -206,12 +222,7 @@ def _after_fork_in_child():
     _resource_tracker._lock = threading.RLock()
 
 
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-ensure_running = _resource_tracker.ensure_running
-register = _resource_tracker.register
-unregister = _resource_tracker.unregister
-getfd = _resource_tracker.getfd
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ---------------------------------------------------------------------------
@@ -323,30 +334,36 @@ def _cleanup(registry, started):
                 _warn('resource_tracker: %r: %s' % (name, e))
 
 
-def main(fd):
-    """Run the tracker on the read end `fd` of its pipe until EOF."""
-    # Ctrl-C and kill of the process group are for the program, not us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _detach():
+    # Ctrl-C and kill of the process group are for the program, not us;
+    # stdin and stdout are not ours to use (stderr carries the warnings).
+    for signum in _IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     if _HAVE_SIGMASK:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED_SIGNALS)
     for stream in (sys.stdin, sys.stdout):
-        try:
+        with contextlib.suppress(Exception):
             stream.close()
-        except Exception:
-            pass
 
-    registry = {rtype: {} for rtype in _CLEANUP_FUNCS}
-    started = {}    # pid -> start time, read when it first registers
+
+def _handle_reporting(registry, started, line):
+    # A bad message is reported and skipped: the others still count.
     try:
-        with open(fd, 'rb') as f:
-            for line in f:
-                try:
-                    _handle(registry, started, line)
-                except Exception:
-                    try:
-                        sys.excepthook(*sys.exc_info())
-                    except BaseException:
-                        pass
+        _handle(registry, started, line)
+    except Exception as exc:
+        with contextlib.suppress(BaseException):
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+
+
+def main(fd):
+    """Run the tracker on the read end `fd` of its pipe until EOF."""
+    _detach()
+    # rtype -> name -> {pid: registrations}; pid -> its start time.
+    registry = {rtype: {} for rtype in _CLEANUP_FUNCS}
+    started = {}
+    try:
+        with open(fd, 'rb') as pipe:
+            for line in pipe:
+                _handle_reporting(registry, started, line)
     finally:
         _cleanup(registry, started)

@@ -11,19 +11,16 @@ import ctypes
 import operator
 import weakref
 
-from . import heap
+from . import _mpcore, heap
 
 __all__ = ['RawValue', 'RawArray', 'Value', 'Array', 'copy', 'synchronized']
 
+# Each array typecode and the ctypes type of its items.
 typecode_to_type = {
-    'c': ctypes.c_char, 'u': ctypes.c_wchar,
-    'b': ctypes.c_byte, 'B': ctypes.c_ubyte,
-    'h': ctypes.c_short, 'H': ctypes.c_ushort,
-    'i': ctypes.c_int, 'I': ctypes.c_uint,
-    'l': ctypes.c_long, 'L': ctypes.c_ulong,
-    'q': ctypes.c_longlong, 'Q': ctypes.c_ulonglong,
-    'f': ctypes.c_float, 'd': ctypes.c_double,
-}
+    code: getattr(ctypes, 'c_' + name) for code, name in zip(
+        'cubBhHiIlLqQfd',
+        'char wchar byte ubyte short ushort int uint long ulong longlong '
+        'ulonglong float double'.split())}
 
 # ctypes type -> array typecode whose items have the same size and
 # meaning, for initialising big arrays at C speed.
@@ -98,34 +95,26 @@ def _default_context(ctx):
     return ctx
 
 
-def _lock_for(lock, ctx):
+def _guard(obj, lock, ctx):
+    """`obj` as Value() and Array() hand it out: bare for lock=False,
+    else synchronized with `lock` (a new RLock for True or None)."""
+    if lock is False:
+        return obj
     if lock in (True, None):
-        return _default_context(ctx).RLock()
-    if not hasattr(lock, 'acquire'):
+        lock = _default_context(ctx).RLock()
+    elif not hasattr(lock, 'acquire'):
         raise AttributeError("%r has no method 'acquire'" % lock)
-    return lock
+    return synchronized(obj, lock, ctx=ctx)
 
 
 def Value(typecode_or_type, *args, lock=True, ctx=None):
-    '''
-    Return a synchronization wrapper for a Value
-    '''
-    obj = RawValue(typecode_or_type, *args)
-    if lock is False:
-        return obj
-    lock = _lock_for(lock, ctx)
-    return synchronized(obj, lock, ctx=ctx)
+    """Return a synchronization wrapper for a Value"""
+    return _guard(RawValue(typecode_or_type, *args), lock, ctx)
 
 
 def Array(typecode_or_type, size_or_initializer, *, lock=True, ctx=None):
-    '''
-    Return a synchronization wrapper for a RawArray
-    '''
-    obj = RawArray(typecode_or_type, size_or_initializer)
-    if lock is False:
-        return obj
-    lock = _lock_for(lock, ctx)
-    return synchronized(obj, lock, ctx=ctx)
+    """Return a synchronization wrapper for a RawArray"""
+    return _guard(RawArray(typecode_or_type, size_or_initializer), lock, ctx)
 
 
 def copy(obj):
@@ -144,22 +133,28 @@ def synchronized(obj, lock=None, ctx=None):
     '''
     if isinstance(obj, SynchronizedBase):
         raise TypeError('object already synchronized')
+    return _wrapper_class(obj)(obj, lock, ctx)
+
+
+def _wrapper_class(obj):
+    # Simple values and arrays have fixed wrappers; a structure gets a
+    # class of its own, with a locked property per field.
     if isinstance(obj, ctypes._SimpleCData):
-        return Synchronized(obj, lock, ctx)
-    if isinstance(obj, ctypes.Array):
-        if obj._type_ is ctypes.c_char:
-            return SynchronizedString(obj, lock, ctx)
-        return SynchronizedArray(obj, lock, ctx)
-    cls = type(obj)
-    try:
-        scls = class_cache[cls]
-    except KeyError:
-        namespace = {name: _locked_property(name)
-                     for name in (f[0] for f in cls._fields_)}
-        scls = type('Synchronized' + cls.__name__, (SynchronizedBase,),
-                    namespace)
-        class_cache[cls] = scls
-    return scls(obj, lock, ctx)
+        return Synchronized
+    if not isinstance(obj, ctypes.Array):
+        return _structure_wrapper(type(obj))
+    if obj._type_ is ctypes.c_char:
+        return SynchronizedString
+    return SynchronizedArray
+
+
+def _structure_wrapper(cls):
+    scls = class_cache.get(cls)
+    if scls is None:
+        fields = {f[0]: make_property(f[0]) for f in cls._fields_}
+        scls = class_cache[cls] = type('Synchronized' + cls.__name__,
+                                       (SynchronizedBase,), fields)
+    return scls
 
 
 class_cache = weakref.WeakKeyDictionary()
@@ -205,52 +200,51 @@ def rebuild_ctype(type_, wrapper, length):
 #
 
 
-# How make_property() guards a field, in words (kept because the stdlib
-# module exposes a `template`; nothing here executes it).
+# How a synchronized wrapper guards a field, in words (kept because the
+# stdlib module exposes a `template`; nothing here executes it).
 template = """
-# property %(name)s of a synchronized wrapper:
-#   read:  acquire the wrapper's lock, read obj.%(name)s, release
-#   write: acquire the wrapper's lock, set obj.%(name)s, release
+# field %(name)s of a synchronized wrapper is an _mpcore.LockedField:
+#   read:  wrapper.acquire(); wrapper._obj.%(name)s; wrapper.release()
+#   write: wrapper.acquire(); wrapper._obj.%(name)s = value; wrapper.release()
 """
 
 prop_cache = {}
 
 
-def _locked(op):
-    """A wrapper method that applies op(wrapped_object, *args) while
-    holding the wrapper's lock.  acquire/release are the lock's own
-    methods bound on the wrapper: cheaper than a `with` block."""
-    def method(self, *args):
-        self.acquire()
-        try:
-            return op(self._obj, *args)
-        finally:
-            self.release()
-    return method
-
-
 def make_property(name):
-    """A property reading and writing field `name` of the wrapped object
-    under the wrapper's lock."""
-    prop = prop_cache.get(name)
-    if prop is None:
-        prop = prop_cache[name] = property(
-            _locked(operator.attrgetter(name)),
-            _locked(lambda obj, value: setattr(obj, name, value)),
-            None, 'the locked field %r' % name)
-    return prop
+    """The descriptor reading and writing field `name` of a wrapper's
+    object with the wrapper's lock held (in C, see _mpcore.LockedField)."""
+    try:
+        return prop_cache[name]
+    except KeyError:
+        field = prop_cache[name] = _mpcore.LockedField(
+            name, 'the locked field %r' % name)
+        return field
 
-
-_locked_property = make_property
 
 
 class SynchronizedBase:
-    """A ctypes object in shared memory and the lock that guards it."""
+    """A ctypes object in shared memory and the lock that guards it.
+
+    ``acquire``/``release`` are the lock's own bound methods, so the
+    wrapper is used like its lock, as a context manager too."""
 
     def __init__(self, obj, lock=None, ctx=None):
-        self._obj = obj
-        self._lock = lock if lock else _default_context(ctx).RLock()
-        self.acquire, self.release = self._lock.acquire, self._lock.release
+        if not lock:
+            lock = _default_context(ctx).RLock()
+        self._lock, self._obj = lock, obj
+        self.acquire, self.release = lock.acquire, lock.release
+
+    def __repr__(self):
+        return '<%s wrapper for %s>' % (type(self).__name__, self._obj)
+
+    def get_lock(self):
+        """The lock that guards the wrapped object."""
+        return self._lock
+
+    def get_obj(self):
+        """The wrapped ctypes object (no locking)."""
+        return self._obj
 
     def __enter__(self):
         return self.acquire()
@@ -264,41 +258,37 @@ class SynchronizedBase:
         assert_spawning(self)
         return synchronized, (self._obj, self._lock)
 
-    def get_obj(self):
-        """The wrapped ctypes object (no locking)."""
-        return self._obj
 
-    def get_lock(self):
-        """The lock that guards the wrapped object."""
-        return self._lock
-
-    def __repr__(self):
-        return '<%s wrapper for %s>' % (type(self).__name__, self._obj)
-
-
-class Synchronized(SynchronizedBase):
-    value = _locked_property('value')
+def _under_lock(op, name):
+    """Wrapper method `name`: op(wrapped object, *args) with the wrapper's
+    lock held (through the lock's own context manager: C methods for the
+    locks of synchronize)."""
+    def method(self, *args):
+        with self._lock:
+            return op(self._obj, *args)
+    method.__name__ = method.__qualname__ = name
+    return method
 
 
-def _get_slice(obj, start, stop):
-    return obj[start:stop]
-
-
-def _set_slice(obj, start, stop, values):
-    obj[start:stop] = values
+def _slice_op(op):
+    # The Python 2 slice protocol, kept as the stdlib keeps it.
+    return lambda obj, start, stop, *rest: op(obj, slice(start, stop), *rest)
 
 
 class SynchronizedArray(SynchronizedBase):
+    __getitem__ = _under_lock(operator.getitem, '__getitem__')
+    __setitem__ = _under_lock(operator.setitem, '__setitem__')
+    __getslice__ = _under_lock(_slice_op(operator.getitem), '__getslice__')
+    __setslice__ = _under_lock(_slice_op(operator.setitem), '__setslice__')
 
     def __len__(self):
         return len(self._obj)
 
-    __getitem__ = _locked(operator.getitem)
-    __setitem__ = _locked(operator.setitem)
-    __getslice__ = _locked(_get_slice)
-    __setslice__ = _locked(_set_slice)
+
+class Synchronized(SynchronizedBase):
+    value = make_property('value')
 
 
 class SynchronizedString(SynchronizedArray):
-    value = _locked_property('value')
-    raw = _locked_property('raw')
+    value = make_property('value')
+    raw = make_property('raw')

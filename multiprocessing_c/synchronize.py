@@ -62,38 +62,49 @@ def _unlink_semaphore(name, creator_pid):
             _resource_tracker.unregister(name, "semaphore")
 
 
-def _semlock_after_fork(obj):
-    obj._semlock._after_fork()
+def _rebuild_semlock(cls, state):
+    # The unpickling half of SemLock.__reduce__, in a child being started.
+    obj = cls._rebuild(*state)
+    obj._is_fork_ctx = False
+    util.debug('recreated blocker with handle %r' % state[0])
+    return obj
 
 
-class SemLock(object):
-    """Base of the semaphore-backed primitives: owns one _mpcore.SemLock."""
+class SemLock(_mpcore.SemLock):
+    """Base of the semaphore-backed primitives.
+
+    Each object *is* an ``_mpcore.SemLock``: acquire(), release(),
+    __enter__ and __exit__ are the C type's own methods, so taking and
+    dropping a lock runs no Python frame at all, with or without ``with``.
+    ``_semlock`` (the stdlib's name for the wrapped C object) is the object
+    itself.  A recursive lock's owner and count live in C as well; a
+    forked child forgets what its parent held through a pthread_atfork
+    hook in C, so nothing is registered with util per lock.
+    """
 
     def __init__(self, kind, value, maxvalue, *, ctx=None):
-        ctx = _default_ctx(ctx)
-        # Under fork every child inherits the semaphore itself, so the name
-        # can go at once and nothing is ever left in /dev/shm.  Other start
-        # methods re-open it by name in the child, so it lives until the
-        # creator drops it (and the resource tracker covers a crash).
-        self._is_fork_ctx = ctx.get_start_method() == 'fork'
-        for _ in range(_NAME_ATTEMPTS):
-            name = self._make_name()
+        # Under fork every child inherits the semaphore itself, so it gets
+        # no name at all and nothing can be left in /dev/shm.  Children of
+        # the other start methods re-open it by name, so it lives until
+        # the creator drops it (and the resource tracker covers a crash).
+        forked = _default_ctx(ctx).get_start_method() == 'fork'
+        self._is_fork_ctx = forked
+        attempts = _NAME_ATTEMPTS
+        while True:
             try:
-                sl = _mpcore.SemLock(kind, value, maxvalue, name,
-                                     self._is_fork_ctx)
+                _mpcore.SemLock.__init__(self, kind, value, maxvalue,
+                                         self._make_name(), forked)
+                break
             except FileExistsError:
-                continue
-            break
-        else:
-            raise FileExistsError('no free name found for a semaphore')
-        self._semlock = sl
-        util.debug('created semlock with handle %s' % sl.handle)
-        self._make_methods()
-        util.register_after_fork(self, _semlock_after_fork)
-        if sl.name is not None:
+                attempts -= 1
+                if not attempts:
+                    raise FileExistsError('no free name found for a semaphore')
+        util.debug('created semlock with handle %s' % self.handle)
+        if not forked:
+            name = self.name
             if _resource_tracker is not None:
-                _resource_tracker.register(sl.name, "semaphore")
-            util.Finalize(self, _unlink_semaphore, (sl.name, os.getpid()),
+                _resource_tracker.register(name, "semaphore")
+            util.Finalize(self, _unlink_semaphore, (name, os.getpid()),
                           exitpriority=0)
 
     @staticmethod
@@ -101,29 +112,20 @@ class SemLock(object):
         prefix = process.current_process()._config.get('semprefix', '/mp')
         return '%s-%s' % (prefix, os.urandom(6).hex())
 
-    def _make_methods(self):
-        # Bound C methods: acquire/release cost one C call, no Python frame.
-        self.acquire = self._semlock.acquire
-        self.release = self._semlock.release
-
-    def __enter__(self):
-        return self._semlock.__enter__()
-
-    def __exit__(self, *args):
-        return self._semlock.__exit__(*args)
+    @property
+    def _semlock(self):
+        return self
 
     def __getstate__(self):
         context.assert_spawning(self)
-        sl = self._semlock
         if self._is_fork_ctx:
             raise RuntimeError(_FORK_MIX_MESSAGE)
-        return (sl.handle, sl.kind, sl.maxvalue, sl.name)
+        return (self.handle, self.kind, self.maxvalue, self.name)
 
-    def __setstate__(self, state):
-        self._semlock = _mpcore.SemLock._rebuild(*state)
-        self._is_fork_ctx = False
-        util.debug('recreated blocker with handle %r' % state[0])
-        self._make_methods()
+    def __reduce__(self):
+        # Pickled only for a child being started (__getstate__ checks),
+        # which re-opens the semaphore by name as an object of this class.
+        return _rebuild_semlock, (type(self), self.__getstate__())
 
 
 class Semaphore(SemLock):
@@ -133,14 +135,17 @@ class Semaphore(SemLock):
         SemLock.__init__(self, SEMAPHORE, value, SEM_VALUE_MAX, ctx=ctx)
 
     def get_value(self):
-        return self._semlock._get_value()
+        return self._get_value()
+
+    def _repr_fields(self):
+        return 'value=%s' % (self._get_value(),)
 
     def __repr__(self):
         try:
-            value = self._semlock._get_value()
+            fields = self._repr_fields()
         except Exception:
-            value = 'unknown'
-        return '<%s(value=%s)>' % (type(self).__name__, value)
+            fields = 'value=unknown'
+        return '<%s(%s)>' % (type(self).__name__, fields)
 
 
 class BoundedSemaphore(Semaphore):
@@ -149,13 +154,8 @@ class BoundedSemaphore(Semaphore):
     def __init__(self, value=1, *, ctx=None):
         SemLock.__init__(self, SEMAPHORE, value, value, ctx=ctx)
 
-    def __repr__(self):
-        try:
-            value = self._semlock._get_value()
-        except Exception:
-            value = 'unknown'
-        return '<%s(value=%s, maxvalue=%s)>' % (
-            type(self).__name__, value, self._semlock.maxvalue)
+    def _repr_fields(self):
+        return 'value=%s, maxvalue=%s' % (self._get_value(), self.maxvalue)
 
 
 def _holder_name():
@@ -167,6 +167,16 @@ def _holder_name():
     return name
 
 
+def _owner_of(lock):
+    """Who holds `lock`, as the reprs name it: the caller's name when it
+    does, None when nobody does, else which kind of stranger."""
+    if lock._is_mine():
+        return _holder_name()
+    if lock._get_value() == 1:
+        return None
+    return 'SomeOtherThread' if lock._count() > 0 else 'SomeOtherProcess'
+
+
 class Lock(SemLock):
     """A non-recursive lock: any thread or process may release it."""
 
@@ -175,15 +185,7 @@ class Lock(SemLock):
 
     def __repr__(self):
         try:
-            sl = self._semlock
-            if sl._is_mine():
-                owner = _holder_name()
-            elif sl._get_value() == 1:
-                owner = 'None'
-            elif sl._count() > 0:
-                owner = 'SomeOtherThread'
-            else:
-                owner = 'SomeOtherProcess'
+            owner = _owner_of(self)
         except Exception:
             owner = 'unknown'
         return '<%s(owner=%s)>' % (type(self).__name__, owner)
@@ -197,18 +199,12 @@ class RLock(SemLock):
 
     def __repr__(self):
         try:
-            sl = self._semlock
-            if sl._is_mine():
-                owner, count = _holder_name(), sl._count()
-            elif sl._get_value() == 1:
-                owner, count = 'None', 0
-            elif sl._count() > 0:
-                owner, count = 'SomeOtherThread', 'nonzero'
-            else:
-                owner, count = 'SomeOtherProcess', 'nonzero'
+            owner = _owner_of(self)
+            depth = (0 if owner is None else
+                     self._count() if self._is_mine() else 'nonzero')
         except Exception:
-            owner, count = 'unknown', 'unknown'
-        return '<%s(%s, %s)>' % (type(self).__name__, owner, count)
+            owner = depth = 'unknown'
+        return '<%s(%s, %s)>' % (type(self).__name__, owner, depth)
 
 
 class Condition(object):
@@ -255,7 +251,7 @@ class Condition(object):
         self.release()
 
     def __repr__(self):
-        value = lambda sem: sem._semlock._get_value()
+        value = lambda sem: sem._get_value()
         try:
             waiting = value(self._sleeping_count) - value(self._woken_count)
         except Exception:
@@ -283,9 +279,9 @@ class Condition(object):
     def notify(self, n=1):
         """Wake up to `n` processes or threads waiting on this condition."""
         assert self._lock._semlock._is_mine(), 'lock is not owned'
-        sleeping = self._sleeping_count._semlock
-        woken = self._woken_count._semlock
-        signal = self._wait_semaphore._semlock
+        sleeping = self._sleeping_count
+        woken = self._woken_count
+        signal = self._wait_semaphore
         # Waiters that already left (timed out) posted both counters:
         # settle them first so only waiters still inside wait() count.
         while woken.acquire(False):
@@ -316,20 +312,23 @@ class Condition(object):
     def wait_for(self, predicate, timeout=None):
         """Wait until predicate() is true or the timeout expires; returns
         the predicate's last value."""
-        result = predicate()
-        if result:
-            return result
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not result:
-            if deadline is None:
-                remaining = None
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-            self.wait(remaining)
+        result = predicate()
+        while not result and not _expired(deadline):
+            self.wait(_seconds_left(deadline))
             result = predicate()
         return result
+
+
+def _expired(deadline):
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _seconds_left(deadline):
+    # None (no limit) stays None; a deadline passed meanwhile gives 0.
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic(), 0.0)
 
 
 class Event(object):
@@ -347,35 +346,36 @@ class Event(object):
     def __setstate__(self, state):
         self._cond, self._flag = state
 
-    def _peek(self):
-        # Called with the condition held.
-        if self._flag.acquire(False):
-            self._flag.release()
-            return True
-        return False
+    def _is_up(self):
+        # Asked with the condition held, so nobody moves the flag meanwhile.
+        return self._flag._get_value() > 0
 
     def is_set(self):
         with self._cond:
-            return self._peek()
+            return self._is_up()
 
-    def set(self):
+    def _put(self, up):
         with self._cond:
-            self._flag.acquire(False)
-            self._flag.release()
+            if not up:
+                self._flag.acquire(False)
+                return
+            if not self._is_up():
+                self._flag.release()
             self._cond.notify_all()
 
+    def set(self):
+        self._put(True)
+
     def clear(self):
-        with self._cond:
-            self._flag.acquire(False)
+        self._put(False)
 
     def wait(self, timeout=None):
         """Block until the flag is set or the timeout expires; returns the
         flag."""
         with self._cond:
-            if self._peek():
-                return True
-            self._cond.wait(timeout)
-            return self._peek()
+            if not self._is_up():
+                self._cond.wait(timeout)
+            return self._is_up()
 
     def __repr__(self):
         state = 'set' if self.is_set() else 'unset'
@@ -398,10 +398,10 @@ class _SharedInt(object):
         self._sem = state
 
     def get(self):
-        return self._sem._semlock._get_value()
+        return self._sem._get_value()
 
     def set(self, value):
-        sl = self._sem._semlock
+        sl = self._sem
         current = sl._get_value()
         while current > value:
             sl.acquire(False)

@@ -2,6 +2,7 @@
 when an object dies, hooks run in a child after fork, a per-process
 temporary directory, and small fd utilities."""
 import atexit
+import contextlib
 import itertools
 import os
 import sys
@@ -11,25 +12,22 @@ import weakref
 from . import process
 
 __all__ = [
-    'sub_debug', 'debug', 'info', 'sub_warning', 'get_logger',
-    'log_to_stderr', 'get_temp_dir', 'register_after_fork',
-    'is_exiting', 'Finalize', 'ForkAwareThreadLock', 'ForkAwareLocal',
-    'close_all_fds_except', 'SUBDEBUG', 'SUBWARNING',
+    'Finalize', 'ForkAwareLocal', 'ForkAwareThreadLock', 'SUBDEBUG',
+    'SUBWARNING', 'close_all_fds_except', 'debug', 'get_logger',
+    'get_temp_dir', 'info', 'is_exiting', 'log_to_stderr',
+    'register_after_fork', 'sub_debug', 'sub_warning',
 ]
 
 # ---------------------------------------------------------------- logging
 
-NOTSET = 0
-SUBDEBUG = 5
-DEBUG = 10
-INFO = 20
-SUBWARNING = 25
-
-LOGGER_NAME = 'multiprocessing'
-DEFAULT_LOGGING_FORMAT = '[%(levelname)s/%(processName)s] %(message)s'
+# logging's numbers, plus two levels of the package's own around them.
+NOTSET, SUBDEBUG, DEBUG, INFO, SUBWARNING = 0, 5, 10, 20, 25
 
 _logger = None
 _log_to_stderr = False
+
+LOGGER_NAME = 'multiprocessing'
+DEFAULT_LOGGING_FORMAT = '[%(levelname)s/%(processName)s] %(message)s'
 
 
 def _log(level, msg, args):
@@ -92,15 +90,14 @@ def log_to_stderr(level=None):
     """Send the package's log records to stderr, optionally at `level`."""
     global _log_to_stderr
     import logging
+    to_stderr = logging.StreamHandler()
+    to_stderr.setFormatter(logging.Formatter(DEFAULT_LOGGING_FORMAT))
     logger = get_logger()
-    formatter = logging.Formatter(DEFAULT_LOGGING_FORMAT)
-    handler = logging.StreamHandler()
-    handler.setFormatter(formatter)
-    logger.addHandler(handler)
+    logger.addHandler(to_stderr)
+    _log_to_stderr = True
     if level:
         logger.setLevel(level)
-    _log_to_stderr = True
-    return _logger
+    return logger
 
 
 # ------------------------------------------------ abstract socket namespace
@@ -109,20 +106,43 @@ def _platform_supports_abstract_sockets():
     return sys.platform in ("linux", "android")
 
 
+abstract_sockets_supported = _platform_supports_abstract_sockets()
+
+# An abstract AF_UNIX name starts with a NUL, whichever type spells it.
+_ABSTRACT_PREFIX = ((bytes, 0), (str, "\0"))
+
+
 def is_abstract_socket_namespace(address):
     """Whether `address` names a Linux abstract AF_UNIX socket."""
     if not address:
         return False
-    if isinstance(address, bytes):
-        return address[0] == 0
-    if isinstance(address, str):
-        return address[0] == "\0"
+    for kind, nul in _ABSTRACT_PREFIX:
+        if isinstance(address, kind):
+            return address[0] == nul
     raise TypeError(f'address type of {address!r} unrecognized')
 
 
-abstract_sockets_supported = _platform_supports_abstract_sockets()
-
 # ------------------------------------------------------------ temp dir
+
+def get_temp_dir():
+    """Return a private directory for this process tree's sockets and
+    files, created on first use and removed at exit."""
+    config = process.current_process()._config
+    if config.get('tempdir') is None:
+        config['tempdir'] = _make_temp_dir()
+    return config['tempdir']
+
+
+def _make_temp_dir():
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix='pymp-')
+    # Late in the exit order, so that sockets inside are closed first;
+    # rmtree is bound now because shutil may be torn down by then.
+    Finalize(None, _remove_temp_dir, args=(shutil.rmtree, path),
+             exitpriority=-100)
+    info('created temp directory %s', path)
+    return path
 
 
 def _remove_temp_dir(rmtree, tempdir):
@@ -131,45 +151,31 @@ def _remove_temp_dir(rmtree, tempdir):
     if current is not None and current._config.get('tempdir') == tempdir:
         current._config['tempdir'] = None
 
-
-def get_temp_dir():
-    """Return a private directory for this process tree's sockets and
-    files, created on first use and removed at exit."""
-    tempdir = process.current_process()._config.get('tempdir')
-    if tempdir is None:
-        import shutil
-        import tempfile
-        tempdir = tempfile.mkdtemp(prefix='pymp-')
-        info('created temp directory %s', tempdir)
-        # Late in the exit order, so that sockets inside are closed first.
-        Finalize(None, _remove_temp_dir, args=(shutil.rmtree, tempdir),
-                 exitpriority=-100)
-        process.current_process()._config['tempdir'] = tempdir
-    return tempdir
-
 # ----------------------------------------------------- after-fork hooks
 
+# (sequence number, id(obj), func) -> obj; the number keeps the order.
 _afterfork_registry = weakref.WeakValueDictionary()
 _afterfork_counter = itertools.count()
 
 
-def _run_after_forkers():
-    # In registration order; a failing hook is reported, not fatal.
-    for (_, ident, func), obj in sorted(_afterfork_registry.items(),
-                                        key=lambda kv: kv[0][0]):
-        try:
-            func(obj)
-        except Exception as e:
-            info('after forker raised exception %s', e)
-
-
 def register_after_fork(obj, func):
     """Call func(obj) in every child created by fork while obj is alive."""
-    key = (next(_afterfork_counter), id(obj), func)
-    _afterfork_registry[key] = obj
+    _afterfork_registry[next(_afterfork_counter), id(obj), func] = obj
+
+
+def _run_after_forkers():
+    # In registration order; a failing hook is reported, not fatal.
+    hooks = sorted(_afterfork_registry.items(), key=lambda item: item[0][0])
+    for key, obj in hooks:
+        func = key[2]
+        try:
+            func(obj)
+        except Exception as exc:
+            info('after forker raised exception %s', exc)
 
 # ------------------------------------------------------------ finalizers
 
+# (exitpriority, sequence number) -> Finalize, for the ones still to run.
 _finalizer_registry = {}
 _finalizer_counter = itertools.count()
 
@@ -180,105 +186,97 @@ class Finalize:
     first; among equals, the most recently created first)."""
 
     def __init__(self, obj, callback, args=(), kwargs=None, exitpriority=None):
-        if exitpriority is not None and not isinstance(exitpriority, int):
+        if not (exitpriority is None or isinstance(exitpriority, int)):
             raise TypeError(
                 "Exitpriority ({0!r}) must be None or int, not {1!s}".format(
                     exitpriority, type(exitpriority)))
         if obj is None and exitpriority is None:
-            raise TypeError("Without object, exitpriority cannot be None")
-        if obj is not None:
-            self._weakref = weakref.ref(obj, self)
-        else:
-            self._weakref = None
-        self._callback = callback
-        self._args = args
+            raise ValueError("Without object, exitpriority cannot be None")
+        self._weakref = None if obj is None else weakref.ref(obj, self)
+        self._callback, self._args = callback, args
         self._kwargs = kwargs or {}
-        self._key = (exitpriority, next(_finalizer_counter))
         self._pid = os.getpid()
-        _finalizer_registry[self._key] = self
+        self._key = key = (exitpriority, next(_finalizer_counter))
+        _finalizer_registry[key] = self
+
+    def _forget(self):
+        # Drop the references so that nothing is kept alive after the run.
+        self._weakref = self._callback = self._args = None
+        self._kwargs = self._key = None
 
     def __call__(self, wr=None,
                  # Bound now: module globals may be gone at interpreter exit.
                  _registry=_finalizer_registry, _sub_debug=sub_debug,
                  _getpid=os.getpid):
         """Run the callback if it has not run yet; return its result."""
-        try:
-            del _registry[self._key]
-        except KeyError:
+        if _registry.pop(self._key, None) is None:
             _sub_debug('finalizer no longer registered')
             return None
-        if self._pid != _getpid():
-            # Inherited through fork: the resource is the parent's.
-            _sub_debug('finalizer ignored because different process')
-            res = None
-        else:
+        result = None
+        if self._pid == _getpid():
             _sub_debug('finalizer calling %s with args %s and kwargs %s',
                        self._callback, self._args, self._kwargs)
-            res = self._callback(*self._args, **self._kwargs)
-        self._weakref = self._callback = self._args = \
-            self._kwargs = self._key = None
-        return res
+            result = self._callback(*self._args, **self._kwargs)
+        else:
+            # Inherited through fork: the resource is the parent's.
+            _sub_debug('finalizer ignored because different process')
+        self._forget()
+        return result
 
     def cancel(self):
         """Forget the finalizer without running it."""
-        try:
-            del _finalizer_registry[self._key]
-        except KeyError:
-            pass
-        else:
-            self._weakref = self._callback = self._args = \
-                self._kwargs = self._key = None
+        if _finalizer_registry.pop(self._key, None) is not None:
+            self._forget()
 
     def still_active(self):
         """Whether the callback is still to run."""
         return self._key in _finalizer_registry
 
     def __repr__(self):
-        try:
-            obj = self._weakref()
-        except (AttributeError, TypeError):
-            obj = None
-        if obj is None:
+        ref = self._weakref
+        if ref is None or ref() is None:
             return '<%s object, dead>' % type(self).__name__
-        x = '<%s object, callback=%s' % (
-            type(self).__name__,
-            getattr(self._callback, '__name__', self._callback))
-        if self._args:
-            x += ', args=' + str(self._args)
-        if self._kwargs:
-            x += ', kwargs=' + str(self._kwargs)
-        if self._key[0] is not None:
-            x += ', exitpriority=' + str(self._key[0])
-        return x + '>'
+        priority = self._key[0]
+        shown = [('callback', getattr(self._callback, '__name__',
+                                      self._callback), True),
+                 ('args', self._args, self._args),
+                 ('kwargs', self._kwargs, self._kwargs),
+                 ('exitpriority', priority, priority is not None)]
+        return '<%s object, %s>' % (type(self).__name__, ', '.join(
+            '%s=%s' % (label, value) for label, value, show in shown if show))
 
 
 def _run_finalizers(minpriority=None):
     """Run the finalizers whose exit priority is at least `minpriority`
     (all with a priority if None), highest priority first."""
-    if _finalizer_registry is None:
-        return
-    if minpriority is None:
-        def wanted(key):
-            return key[0] is not None
-    else:
-        def wanted(key):
-            return key[0] is not None and key[0] >= minpriority
+    registry = _finalizer_registry
+    if registry is None:
+        return      # called after the module's globals were cleared
     # Snapshot the keys: callbacks may create or cancel finalizers, and the
     # garbage collector may run one from another thread meanwhile.
-    keys = [k for k in list(_finalizer_registry) if wanted(k)]
-    keys.sort(reverse=True)
-    for key in keys:
-        finalizer = _finalizer_registry.get(key)
-        if finalizer is None:
-            continue
-        sub_debug('calling %s', finalizer)
-        try:
-            finalizer()
-        except Exception:
-            import traceback
-            traceback.print_exc()
+    due = sorted((key for key in list(registry)
+                  if key[0] is not None
+                  and (minpriority is None or key[0] >= minpriority)),
+                 reverse=True)
+    for finalizer in map(registry.get, due):
+        if finalizer is not None:
+            _run_one_finalizer(finalizer)
     if minpriority is None:
-        _finalizer_registry.clear()
+        registry.clear()
+
+
+def _run_one_finalizer(finalizer):
+    sub_debug('calling %s', finalizer)
+    try:
+        finalizer()
+    except Exception as exc:
+        # Reported, and the remaining finalizers still run.
+        _print_exception(exc)
+
+
+def _print_exception(exc):
+    import traceback
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
 
 # ------------------------------------------------------------ exit handling
 
@@ -291,31 +289,36 @@ def is_exiting():
 _exiting = False
 
 
-def _exit_function(info=info, debug=debug, _run_finalizers=_run_finalizers,
-                   active_children=process.active_children,
-                   current_process=process.current_process):
-    # Registered with atexit and called at the end of every child: run the
-    # high-priority finalizers, stop daemonic children, join the others,
-    # then run the rest of the finalizers.
-    global _exiting
-    if _exiting:
-        return
-    _exiting = True
-    info('process shutting down')
-    debug('running all "atexit" finalizers with priority >= 0')
-    _run_finalizers(0)
-    # current_process is None only if this module was torn down already.
-    children = active_children() if current_process() is not None else []
-    # Daemonic children die with us; the others are waited for.
-    for child in children:
-        if child.daemon:
-            info('calling terminate() for daemon %s', child.name)
-            child._popen.terminate()
-    for child in children:
-        info('calling join() for process %s', child.name)
-        child.join()
-    debug('running the remaining "atexit" finalizers')
-    _run_finalizers()
+def _make_exit_function(note, detail, run_finalizers, children_of_this_process,
+                        this_process):
+    # What the exit function calls is bound here, because atexit may call
+    # it after this module's globals were cleared.
+    def _exit_function():
+        # Registered with atexit and called at the end of every child.
+        global _exiting
+        if _exiting:
+            return
+        _exiting = True
+        note('process shutting down')
+        detail('running all "atexit" finalizers with priority >= 0')
+        run_finalizers(0)
+        # this_process() is None only if the process module was torn down.
+        children = [] if this_process() is None else children_of_this_process()
+        # Daemonic children die with us; then every child is waited for.
+        for daemon in filter(lambda child: child.daemon, children):
+            note('calling terminate() for daemon %s', daemon.name)
+            daemon._popen.terminate()
+        for child in children:
+            note('calling join() for process %s', child.name)
+            child.join()
+        detail('running the remaining "atexit" finalizers')
+        run_finalizers()
+    return _exit_function
+
+
+_exit_function = _make_exit_function(info, debug, _run_finalizers,
+                                     process.active_children,
+                                     process.current_process)
 
 
 atexit.register(_exit_function)
@@ -354,11 +357,10 @@ class ForkAwareThreadLock:
     def release(self):
         self._lock.release()
 
-    def __enter__(self):
-        return self._lock.acquire()
+    __enter__ = acquire
 
     def __exit__(self, *exc_info):
-        self._lock.release()
+        self.release()
 
 
 class ForkAwareLocal(threading.local):
@@ -376,10 +378,14 @@ class ForkAwareLocal(threading.local):
 # ------------------------------------------------------------ fd helpers
 
 
-try:
-    MAXFD = os.sysconf("SC_OPEN_MAX")
-except Exception:
-    MAXFD = 256
+def _fd_limit():
+    # The highest fd number plus one; 256 where sysconf cannot tell.
+    with contextlib.suppress(Exception):
+        return os.sysconf("SC_OPEN_MAX")
+    return 256
+
+
+MAXFD = _fd_limit()
 
 
 def close_all_fds_except(fds):
@@ -401,29 +407,29 @@ def _close_stdin():
     # A child must not compete with its parent for the terminal's input:
     # its stdin becomes /dev/null (reads see EOF), fd 0 included, so that
     # the child's own subprocesses inherit the same.
-    if sys.stdin is None:
+    old = sys.stdin
+    if old is None:
         return
-    try:
-        sys.stdin.close()
-    except (OSError, ValueError):
-        pass
-    try:
-        fd = os.open(os.devnull, os.O_RDONLY)
-        if fd != 0:
-            os.dup2(fd, 0)
-            os.close(fd)
+    with contextlib.suppress(OSError, ValueError):
+        old.close()
+    with contextlib.suppress(OSError, ValueError):
+        _devnull_onto(0)
         sys.stdin = open(0, encoding="utf-8", closefd=False)
-    except (OSError, ValueError):
-        pass
+
+
+def _devnull_onto(target_fd):
+    fd = os.open(os.devnull, os.O_RDONLY)
+    if fd != target_fd:
+        os.dup2(fd, target_fd)
+        os.close(fd)
 
 
 def _flush_std_streams():
-    # Flush before fork and at child exit so no output is lost or doubled.
+    # Flush before fork and at child exit so no output is lost or doubled;
+    # a stream may be None or already closed.
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(AttributeError, ValueError):
             stream.flush()
-        except (AttributeError, ValueError):
-            pass
 
 
 def spawnv_passfds(path, args, passfds):

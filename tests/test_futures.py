@@ -123,6 +123,22 @@ def test_shutdown_cancel_futures(ctx):
     assert all(f.done() for f in rest)
 
 
+def test_calls_behind_a_running_one_stay_cancellable(ctx):
+    # However quick its earlier calls were, a worker holds at most one
+    # call queued behind the one it runs: the others can be cancelled.
+    ex = ProcessPoolExecutor(1, mp_context=ctx)
+    try:
+        assert [f.result(20) for f in [ex.submit(sqr, i) for i in range(200)]] \
+            == [i * i for i in range(200)]
+        first = ex.submit(sqr, 1, 1.0)
+        rest = [ex.submit(sqr, i) for i in range(10)]
+        cancelled = sum(f.cancel() for f in rest)
+        assert cancelled >= len(rest) - 1
+        assert first.result(20) == 1
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
 def test_shutdown_nowait_finishes_in_background(ctx):
     ex = ProcessPoolExecutor(2, mp_context=ctx)
     fs = [ex.submit(sqr, i, 0.05) for i in range(6)]

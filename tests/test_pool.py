@@ -682,6 +682,32 @@ def test_task_queued_behind_a_dying_one_still_runs(ctx):
     p.join()
 
 
+def test_long_line_of_tiny_tasks_behind_a_dying_one(ctx):
+    # Quick tasks make a worker hold many in its pipe; when it dies, the
+    # one it ran fails and every one queued behind it runs elsewhere.
+    with ctx.Pool(1) as p:
+        assert sum(p.imap_unordered(sqr, range(500))) == sum(i * i for i in range(500))
+        doomed = p.apply_async(exit_now, (5,))
+        queued = [p.apply_async(sqr, (i,)) for i in range(100)]
+        with pytest.raises(WorkerLostError):
+            doomed.get(timeout=20)
+        assert [r.get(timeout=20) for r in queued] == [i * i for i in range(100)]
+    p.join()
+
+
+@pytest.mark.parametrize('seq', [range(1000), range(-7, 300, 3), range(50, 0, -2),
+                                 range(0), range(5)])
+def test_map_over_a_range(pool, seq):
+    # Ranges travel as range slices: the results are map()'s all the same.
+    expected = [x * x for x in seq]
+    assert pool.map(sqr, seq) == expected
+    assert pool.map(sqr, seq, chunksize=7) == expected
+    assert pool.map_async(sqr, seq, 1).get(timeout=20) == expected
+    if len(seq):
+        with pytest.raises(TypeError):
+            pool.starmap(mul, seq)       # ints are not argument tuples
+
+
 def test_large_tasks_and_results_both_ways(ctx):
     # Big messages in both directions at once must not deadlock the
     # handler and a worker against each other.

@@ -112,6 +112,11 @@ def test_default_names_count_up(ctx):
     assert int(b.name.rsplit('-', 1)[1]) == int(a.name.rsplit('-', 1)[1]) + 1
 
 
+def test_an_empty_name_gets_the_default(ctx):
+    p = ctx.Process(target=exit_with, args=(0,), name='')
+    assert p.name.startswith(type(p).__name__ + '-')
+
+
 @pytest.mark.parametrize('code', [0, 1, 7, 255])
 def test_sys_exit_codes(ctx, code):
     p = ctx.Process(target=exit_with, args=(code,))

@@ -247,6 +247,114 @@ def test_synchronized_explicit():
     assert obj.value == 4
 
 
+class RecordingLock:
+    """A lock object that is not a SemLock: the wrapper must go through
+    its acquire() and release() methods."""
+
+    def __init__(self, fail_release=False):
+        self.calls = []
+        self.held = 0
+        self.fail_release = fail_release
+
+    def acquire(self):
+        self.calls.append('acquire')
+        self.held += 1
+        return True
+
+    def release(self):
+        self.calls.append('release')
+        self.held -= 1
+        if self.fail_release:
+            raise RuntimeError('release failed')
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def test_locked_field_calls_any_locks_methods():
+    lock = RecordingLock()
+    v = Value('i', 1, lock=lock)
+    assert v.value == 1
+    v.value = 5
+    assert lock.calls == ['acquire', 'release'] * 2 and lock.held == 0
+    assert v.get_obj().value == 5
+    p = Value(Point, 1, 2.0, 3, lock=lock)
+    del lock.calls[:]
+    p.y = 7.5
+    assert p.y == 7.5
+    assert lock.calls == ['acquire', 'release'] * 2 and lock.held == 0
+
+
+def test_locked_field_releases_on_error():
+    lock = RecordingLock()
+    s = Array('c', 3, lock=lock)
+    with pytest.raises(ValueError):
+        s.value = b'too long'           # ctypes refuses; the lock is let go
+    assert lock.held == 0
+    with pytest.raises(TypeError):
+        s.raw = 5
+    assert lock.held == 0 and lock.calls[-1] == 'release'
+
+
+def test_locked_field_release_error_keeps_the_first_as_context():
+    lock = RecordingLock(fail_release=True)
+    s = Array('c', 3, lock=lock)
+    with pytest.raises(RuntimeError, match='release failed') as info:
+        s.value = b'too long'
+    assert isinstance(info.value.__context__, ValueError)
+    with pytest.raises(RuntimeError, match='release failed'):
+        s.value                           # a plain read: the release error
+    assert lock.held == 0
+    del info                # its traceback holds this frame (and `s`)
+
+
+def test_locked_field_descriptor_itself():
+    field = sharedctypes.Synchronized.value
+    assert isinstance(field, multiprocessing_c._mpcore.LockedField)
+    assert field.name == 'value' and 'value' in field.__doc__
+    assert sharedctypes.make_property('value') is field
+    v = Value('i', 1, lock=threading.Lock())
+    with pytest.raises(AttributeError, match='cannot be deleted'):
+        del v.value
+    assert v.value == 1
+    with pytest.raises(TypeError):
+        multiprocessing_c._mpcore.LockedField(42)
+
+
+@needs_synchronize
+def test_locked_field_holds_a_semlock_while_reading(ctx):
+    # The C path for SemLocks: a plain Lock is taken and dropped around
+    # each access (a held one would block, so check from inside).
+    lock = ctx.Lock()
+    v = ctx.Value('i', 3, lock=lock)
+    seen = []
+
+    class Probe(ctypes.Structure):
+        _fields_ = [('n', ctypes.c_int)]
+    p = synchronized(RawValue(Probe, 4), lock)
+    assert p.n == 4 and v.value == 3
+    v.value = 8
+    assert lock.acquire(False)          # free again after every access
+    lock.release()
+    rlock = ctx.RLock()
+    w = ctx.Value('d', 1.5, lock=rlock)
+    with rlock:                         # re-entered by the field access
+        w.value += 1
+        seen.append(rlock._count())
+    assert w.value == 2.5 and seen == [1] and rlock._count() == 0
+
+
+def test_synchronized_array_python2_slice_methods():
+    arr = Array('i', [1, 2, 3, 4], lock=RecordingLock())
+    assert arr.__getslice__(1, 3) == [2, 3]
+    arr.__setslice__(0, 2, [7, 8])
+    assert arr[:] == [7, 8, 3, 4]
+    assert type(arr).__getitem__.__name__ == '__getitem__'
+
+
 def test_copy():
     foo = RawValue(Point, 2, 5.0, 2 ** 33)
     bar = copy(foo)
@@ -260,6 +368,7 @@ def test_copy():
 
 def test_block_freed_when_last_user_dies():
     h = heap.BufferWrapper._heap
+    gc.collect()        # blocks of earlier tests' cyclic garbage go first
     before = h._n_frees
     arr = RawArray('i', 100)
     view = memoryview(arr)

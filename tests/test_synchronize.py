@@ -134,6 +134,51 @@ class TestSemLockBasics:
             pickle.dumps(s)
 
 
+    def test_unlinked_semaphore_never_has_a_file(self, no_sem_leak):
+        # With unlink=True nobody opens it by name: it lives in a shared
+        # page of its own, and the name is only checked, never used.
+        name = _name("anon")
+        s = _mpcore.SemLock(SEMAPHORE, 0, 1, name, True)
+        assert not os.path.exists("/dev/shm/sem." + name[1:])
+        assert s.name is None
+        twin = _mpcore.SemLock(SEMAPHORE, 0, 1, name, True)    # no clash
+        assert s.handle != twin.handle
+
+        def child():
+            s.release()
+
+        assert _fork_run(child) == 0
+        assert s.acquire(timeout=5) is True
+        assert twin._get_value() == 0
+
+    def test_uninitialized_and_reinitialized(self):
+        s = _mpcore.SemLock.__new__(_mpcore.SemLock)
+        for call in (s.acquire, s.release, s.__enter__, s._get_value,
+                     s._is_zero, lambda: s.acquire(False),
+                     lambda: s.__exit__(None, None, None)):
+            with pytest.raises(ValueError, match="not initialized"):
+                call()
+        assert s._count() == 0 and s._is_mine() is False and s.name is None
+        _mpcore.SemLock.__init__(s, SEMAPHORE, 1, 1, _name("late"), True)
+        assert s.acquire() is True
+        s.release()
+        with pytest.raises(RuntimeError, match="already initialized"):
+            _mpcore.SemLock.__init__(s, SEMAPHORE, 1, 1, _name("again"), True)
+
+    def test_method_argument_errors(self):
+        s = _mpcore.SemLock(SEMAPHORE, 1, 1, _name("args"), True)
+        with pytest.raises(TypeError, match="no arguments"):
+            s.release(1)
+        with pytest.raises(TypeError, match="at most 3"):
+            s.__exit__(1, 2, 3, 4)
+        assert s.__enter__() is True
+        assert s.__exit__() is None and s._get_value() == 1
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            s.acquire(blocking=False)
+        with pytest.raises(TypeError, match="multiple values"):
+            s.acquire(False, block=False)
+
+
 class TestSemLockSemantics:
     def test_lock(self, no_sem_leak):
         s = _mpcore.SemLock(SEMAPHORE, 1, 1, _name("lock"), True)
@@ -445,6 +490,13 @@ def child_touch(obj):
     pass
 
 
+def child_report_class(obj, out):
+    if obj._semlock is obj and isinstance(obj, _mpcore.SemLock):
+        out.put(type(obj).__name__)
+    with obj:
+        out.put(obj._count())
+
+
 class TestReprsLikeStdlib:
     def test_reprs(self):
         ctx = multiprocessing_c.get_context('fork')
@@ -508,6 +560,27 @@ class TestInProcess:
             lock.release()
         with lock:
             assert lock.acquire(timeout=0.01) is False
+
+    def test_primitives_are_semlocks_with_c_methods(self):
+        from multiprocessing_c import synchronize
+        for obj in (multiprocessing_c.Lock(), multiprocessing_c.RLock(),
+                    multiprocessing_c.Semaphore(), multiprocessing_c.BoundedSemaphore()):
+            assert isinstance(obj, _mpcore.SemLock)
+            assert obj._semlock is obj
+            for meth in ('acquire', 'release', '__enter__', '__exit__'):
+                assert getattr(type(obj), meth) is getattr(_mpcore.SemLock, meth)
+        assert isinstance(multiprocessing_c.Lock(), synchronize.SemLock)
+        rlock = multiprocessing_c.RLock()
+        with rlock as got:
+            assert got is True and rlock._count() == 1
+        assert rlock._count() == 0
+
+    def test_not_picklable_outside_process_creation(self):
+        import pickle
+        for obj in (multiprocessing_c.Lock(), multiprocessing_c.RLock(),
+                    multiprocessing_c.Semaphore()):
+            with pytest.raises(RuntimeError, match='through inheritance'):
+                pickle.dumps(obj)
 
     def test_rlock(self):
         rlock = multiprocessing_c.RLock()
@@ -665,6 +738,16 @@ class TestAcrossProcesses:
         lock.release()
         _join_ok(p)
         del lock, held, go
+
+    def test_child_gets_the_same_class(self, ctx, no_sem_leak):
+        out = ctx.SimpleQueue()
+        for obj in (ctx.Lock(), ctx.RLock(), ctx.BoundedSemaphore(2)):
+            p = ctx.Process(target=child_report_class, args=(obj, out))
+            p.start()
+            assert out.get() == type(obj).__name__
+            assert out.get() == 1
+            _join_ok(p)
+        out.close()
 
     def test_rlock(self, ctx, no_sem_leak):
         rlock, out = ctx.RLock(), ctx.Semaphore(0)

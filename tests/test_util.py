@@ -75,7 +75,9 @@ def test_finalize_order_and_once(tmp_path):
 
 
 def test_finalize_needs_priority_without_object():
-    with pytest.raises(TypeError):
+    # As the stdlib: no object and no priority is a ValueError, a priority
+    # that is not an int a TypeError.
+    with pytest.raises(ValueError):
         util.Finalize(None, print)
     with pytest.raises(TypeError):
         util.Finalize(None, print, exitpriority='high')

@@ -231,7 +231,9 @@ class Pool(_pool.Pool):
 
 
 class _DaskExecutorDispatcher(_common.ExecutorRules, _DaskDispatcher):
-    pass
+    # A future runs once its call is sent: two a worker, so that cancel()
+    # still catches the rest, as in futures.py.
+    depth = 2
 
 
 class ProcessPoolExecutor(_common.RemoteExecutor):
