@@ -1,7 +1,10 @@
-"""python -m multiprocessing_c [-m module | -c code | script] [args...]
+"""python -m multiprocessing_c [--pool-backend NAME[:ADDRESS]] [-m module | -c code | script] [args...]
 
 Run an unchanged program with `multiprocessing` resolved to
-multiprocessing_c in it and in every child process it starts.
+multiprocessing_c in it and in every child process it starts.  With
+--pool-backend ray or dask (optionally :ADDRESS of the cluster), every
+multiprocessing.Pool it creates runs on that engine: the option sets
+MULTIPROCESSING_C_POOL_BACKEND, which has the same meaning.
 """
 import os
 import runpy
@@ -16,6 +19,20 @@ def main(argv=None):
     if not args or args[0] in ('-h', '--help'):
         print('usage: python ' + USAGE.split('python ', 1)[1], file=sys.stderr)
         return 0 if args else 2
+    while args and args[0].startswith('--pool-backend'):
+        opt = args.pop(0)
+        spec = opt.partition('=')[2] if '=' in opt else (
+            args.pop(0) if args else '')
+        from multiprocessing_c import backends
+        try:
+            backends.check(spec)
+        except (ValueError, ImportError) as e:
+            print('error: --pool-backend: %s' % e, file=sys.stderr)
+            return 2
+        os.environ[backends.ENV_VAR] = spec
+    if not args:
+        print('error: no program to run', file=sys.stderr)
+        return 2
     from multiprocessing_c import _alias
     _alias.install()
     if args[0] == '-m':

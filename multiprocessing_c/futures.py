@@ -123,8 +123,15 @@ class _ExecutorDispatcher(_pool._ProcessDispatcher):
 class ProcessPoolExecutor(_base.Executor):
     """Runs calls in a pool of worker processes; see concurrent.futures."""
 
+    def __new__(cls, *args, backend=None, **kwds):
+        # backend="ray"/"dask": the engine's executor, from backends/.
+        if cls is ProcessPoolExecutor and backend:
+            from .backends import executor_class
+            cls = executor_class(backend)
+        return object.__new__(cls)
+
     def __init__(self, max_workers=None, mp_context=None, initializer=None,
-                 initargs=(), *, max_tasks_per_child=None):
+                 initargs=(), *, max_tasks_per_child=None, backend=None):
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         elif max_workers <= 0:

@@ -520,7 +520,7 @@ class Pool:
     WorkerLostError and is replaced."""
 
     def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None):
+                 maxtasksperchild=None, context=None, *, backend=None):
         # __del__ and __repr__ read these, whatever fails further down.
         self._state, self._pool, self._cache, self._feeder = INIT, [], {}, None
         self._ctx = context if context is not None else _get_default_context()
@@ -542,6 +542,17 @@ class Pool:
     @staticmethod
     def Process(ctx, *args, **kwds):
         return ctx.Process(*args, **kwds)
+
+    def __new__(cls, *args, backend=None, **kwds):
+        # backend="ray"/"dask" (or MULTIPROCESSING_C_POOL_BACKEND): the
+        # engine's Pool subclass, from multiprocessing_c.backends.
+        if cls is Pool:
+            backend = backend or os.environ.get(
+                'MULTIPROCESSING_C_POOL_BACKEND')
+            if backend:
+                from .backends import pool_class
+                cls = pool_class(backend)
+        return object.__new__(cls)
 
     def _make_dispatcher(self):
         return _ProcessDispatcher(
