@@ -388,6 +388,19 @@ def answer_challenge(connection, authkey):
         raise AuthenticationError('digest sent was rejected')
 
 
+def _create_response(authkey, message):
+    """The reply to a challenge `message` (without CHALLENGE): the 3.12+
+    private name for the answering half."""
+    return _reply_for(authkey, message)
+
+
+def _verify_challenge(authkey, message, response):
+    """Raise AuthenticationError unless `response` answers `message`: the
+    3.12+ private name for the checking half."""
+    if not _reply_is_valid(authkey, message, response):
+        raise AuthenticationError('digest received was wrong')
+
+
 # 3.12+ spell these with a leading underscore.
 _CHALLENGE, _WELCOME, _FAILURE = CHALLENGE, WELCOME, FAILURE
 _MD5_DIGEST_LEN = 16
