@@ -14,7 +14,6 @@ where the task was submitted) and travel as bytes behind a 16-byte header
 arguments fail to unpickle.  map() batches items into chunks.
 """
 import collections
-import io
 import itertools
 import os
 import queue
@@ -147,10 +146,12 @@ def starmapstar(args):
 
 
 def _dumps_with_header(job, i, obj):
-    buf = io.BytesIO()
-    buf.write(_HEADER.pack(job, i))
-    reduction.ForkingPickler(buf).dump(obj)
-    return buf.getbuffer()
+    # Bytes, not a view of a BytesIO: queued tasks live in the pool's
+    # reference cycles, where such a view breaks the garbage collector on
+    # 3.12+ (see reduction._ChunkSink).
+    out = [_HEADER.pack(job, i)]
+    reduction.ForkingPickler(reduction._ChunkSink(out.append)).dump(obj)
+    return b''.join(out)
 
 
 def _wrap(exc, wrap_exception):
