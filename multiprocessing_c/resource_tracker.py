@@ -52,17 +52,29 @@ def _shm_exists(name):
     return os.path.exists('/dev/shm/' + name.lstrip('/'))
 
 
+def cleanup_noop(name):
+    # 'noop' only carries PROBE messages; nothing of that type is registered.
+    raise RuntimeError('a noop resource cannot be registered: %r' % (name,))
+
+
 _CLEANUP_FUNCS = {
-    'noop': lambda name: None,
+    'noop': cleanup_noop,
+    # For tests: left registered, it makes the tracker exit with 1 but is
+    # neither unlinked nor warned about.
+    'dummy': lambda name: None,
     'semaphore': _sem_unlink,
     'shared_memory': _mpcore.shm_unlink,
 }
 
 _EXISTS_FUNCS = {
     'noop': lambda name: False,
+    'dummy': lambda name: True,
     'semaphore': _sem_exists,
     'shared_memory': _shm_exists,
 }
+
+# The tracker's exit status (ResourceTracker._exitcode once stopped).
+_EXIT_CLEAN, _EXIT_LEFT_REGISTERED, _EXIT_CLEANUP_FAILED, _EXIT_BAD_MESSAGE = 0, 1, 2, 3
 
 
 def _spawn_ignoring_signals(spawnv_passfds, exe, args, fd):
@@ -99,6 +111,8 @@ class ResourceTracker(object):
         self._lock = threading.RLock()
         self._fd = None
         self._pid = None
+        # The tracker's exit status, known once _stop() reaped it.
+        self._exitcode = None
 
     def _reentrant_call_error(self):
         # A signal handler or a finalizer run from inside a tracker call.
@@ -113,9 +127,11 @@ class ResourceTracker(object):
             self._fd = None
             if self._pid is not None:
                 try:
-                    os.waitpid(self._pid, 0)
+                    _, status = os.waitpid(self._pid, 0)
                 except ChildProcessError:
                     pass
+                else:
+                    self._exitcode = os.waitstatus_to_exitcode(status)
                 self._pid = None
 
     def getfd(self):
@@ -163,6 +179,7 @@ class ResourceTracker(object):
             os.close(r)
         self._fd = w
         self._pid = pid
+        self._exitcode = None
 
     def _check_alive(self):
         """Whether the tracker still reads its pipe."""
@@ -298,8 +315,13 @@ def _warn(msg):
 
 
 def _cleanup(registry, started):
+    """Unlink what is left registered; return the tracker's exit status."""
+    status = _EXIT_CLEAN
     for rtype, users in registry.items():
         if not users:
+            continue
+        status = _EXIT_LEFT_REGISTERED
+        if rtype == 'dummy':
             continue
         live = _still_running({p for c in users.values() for p in c}, started)
         leaked = {name: counts for name, counts in users.items()
@@ -321,10 +343,14 @@ def _cleanup(registry, started):
                 _CLEANUP_FUNCS[rtype](name)
             except Exception as e:
                 _warn('resource_tracker: %r: %s' % (name, e))
+                status = _EXIT_CLEANUP_FAILED
+    return status
 
 
 def main(fd):
-    """Run the tracker on the read end `fd` of its pipe until EOF."""
+    """Run the tracker on the read end `fd` of its pipe until EOF, then exit
+    with 0 if nothing was left registered, 1 if something was, 2 if one
+    could not be unlinked, 3 if a message was malformed (the highest)."""
     # Ctrl-C and kill of the process group are for the program, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -338,15 +364,18 @@ def main(fd):
 
     registry = {rtype: {} for rtype in _CLEANUP_FUNCS}
     started = {}    # pid -> start time, read when it first registers
+    bad_message = False
     try:
         with open(fd, 'rb') as f:
             for line in f:
                 try:
                     _handle(registry, started, line)
                 except Exception:
+                    bad_message = True
                     try:
                         sys.excepthook(*sys.exc_info())
                     except BaseException:
                         pass
     finally:
-        _cleanup(registry, started)
+        status = _cleanup(registry, started)
+    sys.exit(_EXIT_BAD_MESSAGE if bad_message else status)
