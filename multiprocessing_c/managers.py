@@ -181,7 +181,12 @@ class RemoteError(Exception):
 
 
 def convert_to_error(kind, result):
-    """Turn an error reply into the exception to raise."""
+    """Turn an error reply into the exception to raise.
+
+    For '#ERROR' that is `result` itself: a caller that raises it drops
+    its own name for it as it goes, or the frame on the traceback would
+    hold the exception that holds the traceback, a cycle keeping both
+    (and all the frame refers to) until the next collection."""
     if kind == '#ERROR':
         return result
     if kind in ('#TRACEBACK', '#UNSERIALIZABLE'):
@@ -201,7 +206,10 @@ def dispatch(c, id, methodname, args=(), kwds={}):
     kind, result = c.recv()
     if kind == '#RETURN':
         return result
-    raise convert_to_error(kind, result)
+    try:
+        raise convert_to_error(kind, result)
+    finally:
+        del result      # no cycle through this frame: see convert_to_error
 
 
 def all_methods(obj):
@@ -288,7 +296,10 @@ def _call_server(address, authkey, Client, methodname, args=(), kwds={}):
         raise
     if kind == '#RETURN':
         return result
-    raise convert_to_error(kind, result)
+    try:
+        raise convert_to_error(kind, result)
+    finally:
+        del result      # no cycle through this frame: see convert_to_error
 
 
 def _asks_shutdown(request):
@@ -1185,7 +1196,10 @@ class BaseProxy:
             return _adopt_proxy(self._proxytype_for(token.typeid), token,
                                 self._serializer, self._manager,
                                 self._authkey, exposed)
-        raise convert_to_error(kind, result)
+        try:
+            raise convert_to_error(kind, result)
+        finally:
+            del result  # no cycle through this frame: see convert_to_error
 
     def _proxytype_for(self, typeid):
         if self._manager is not None:
