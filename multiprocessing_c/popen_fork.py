@@ -93,6 +93,8 @@ def _run_child(process_obj, parent_fds, parent_sentinel):
     try:
         for fd in parent_fds:
             os.close(fd)
+        util._forked_child_starts()
         exitcode = process_obj._bootstrap(parent_sentinel=parent_sentinel)
+        util._forked_child_ends()
     finally:
         os._exit(exitcode)

@@ -274,7 +274,8 @@ class BaseProcess:
                 self.run()
                 exitcode = 0
             finally:
-                util._exit_function()
+                if not util._EXIT_THROUGH_ATEXIT:
+                    util._exit_function()
         except SystemExit as e:
             exitcode = _exit_status_from(e.code)
         except BaseException:
