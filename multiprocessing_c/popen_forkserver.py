@@ -3,6 +3,7 @@ clean, preloaded self, which then unpickles the Process object the parent
 sends it, as a spawned child would."""
 import os
 import struct
+import threading
 
 from . import forkserver
 from . import popen_fork
@@ -37,6 +38,9 @@ class Popen(popen_fork.Popen):
 
     def __init__(self, process_obj):
         self._fds = []
+        # Any thread may poll any child (Process.start() polls them all):
+        # one reads the server's report, the others then see returncode.
+        self._report_lock = threading.Lock()
         super().__init__(process_obj)
 
     def duplicate_for_child(self, fd):
@@ -86,17 +90,21 @@ class Popen(popen_fork.Popen):
             timeout = 0 if flag == os.WNOHANG else None
             if not _sentinel_ready(self.sentinel, timeout):
                 return None
-            try:
-                code = forkserver.read_signed(self.sentinel)
-            except (OSError, EOFError):
-                # The server died, and the child's exit code with it.
-                code = 255
-            else:
-                # The server closes the socket right after the report: wait
-                # for that, so that the sentinel stays ready from now on.
-                _sentinel_ready(self.sentinel, 5.0)
-            self.returncode = code
+            with self._report_lock:
+                if self.returncode is None:
+                    self.returncode = self._read_report()
         return self.returncode
+
+    def _read_report(self):
+        try:
+            code = forkserver.read_signed(self.sentinel)
+        except (OSError, EOFError):
+            # The server died, and the child's exit code with it.
+            return 255
+        # The server closes the socket right after the report: wait for
+        # that, so that the sentinel stays ready from now on.
+        _sentinel_ready(self.sentinel, 5.0)
+        return code
 
     def _send_signal(self, sig):
         # Ask the server's report first: once it has reaped the child, the
