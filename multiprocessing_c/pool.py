@@ -480,7 +480,7 @@ class Pool:
         self._cache = {}
         self._feeder = None
         if processes is None:
-            processes = os.cpu_count() or 1
+            processes = util._default_worker_count() or 1
         if processes < 1:
             raise ValueError('Number of processes must be at least 1')
         if maxtasksperchild is not None:

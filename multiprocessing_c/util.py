@@ -320,6 +320,10 @@ def _exit_function(info=info, debug=debug, _run_finalizers=_run_finalizers,
 
 atexit.register(_exit_function)
 
+# How many workers Pool and ProcessPoolExecutor start by default: from
+# Python 3.13 the CPUs this process may run on, before that all of them.
+_default_worker_count = getattr(os, 'process_cpu_count', os.cpu_count)
+
 # From Python 3.13 a child ends through atexit whatever its start method:
 # a forked one drops the handlers it inherited, registers _exit_function
 # and runs what is registered once Process._bootstrap returns, so handlers
