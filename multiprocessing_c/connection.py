@@ -310,12 +310,14 @@ def SocketClient(address):
 # a bare 20-byte payload and expect a bare HMAC-MD5.  We send what the
 # running Python's stdlib sends and accept either form of reply.
 
-MESSAGE_LENGTH = 20     # payload bytes of the legacy form
+_PREFIXED = sys.version_info >= (3, 12)
+_MD5ONLY_MESSAGE_LENGTH = 20    # random bytes of the legacy payload
+# Random bytes of the payload we send (after the prefix, if any).
+MESSAGE_LENGTH = 40 if _PREFIXED else _MD5ONLY_MESSAGE_LENGTH
 CHALLENGE = b'#CHALLENGE#'
 WELCOME = b'#WELCOME#'
 FAILURE = b'#FAILURE#'
 
-_PREFIXED = sys.version_info >= (3, 12)
 _DEFAULT_DIGEST = 'sha256'
 _ALLOWED_DIGESTS = frozenset({'md5', 'sha256', 'sha384', 'sha3_256', 'sha3_384'})
 _MAX_REPLY = 256
@@ -356,13 +358,17 @@ def _reply_is_valid(authkey, payload, reply):
     return hmac.compare_digest(reply, expected)
 
 
-def deliver_challenge(connection, authkey):
+def deliver_challenge(connection, authkey, digest_name=None):
     """Challenge the other end to prove it knows `authkey`; raise
-    AuthenticationError if it does not."""
+    AuthenticationError if it does not.  The reply is asked for with
+    `digest_name` ('sha256' from Python 3.12 on; before, unless given, the
+    legacy bare HMAC-MD5)."""
     if not isinstance(authkey, bytes):
         raise ValueError('Authkey must be bytes, not %s' % type(authkey).__name__)
-    if _PREFIXED:
-        payload = b'{%s}' % _DEFAULT_DIGEST.encode() + os.urandom(40)
+    if digest_name is None and _PREFIXED:
+        digest_name = _DEFAULT_DIGEST
+    if digest_name is not None:
+        payload = b'{%s}' % digest_name.encode() + os.urandom(MESSAGE_LENGTH)
     else:
         payload = os.urandom(MESSAGE_LENGTH)
     connection.send_bytes(CHALLENGE + payload)
@@ -388,10 +394,22 @@ def answer_challenge(connection, authkey):
         raise AuthenticationError('digest sent was rejected')
 
 
+def _create_response(authkey, message):
+    """The reply to a challenge `message` (without CHALLENGE): the 3.12+
+    private name for the answering half."""
+    return _reply_for(authkey, message)
+
+
+def _verify_challenge(authkey, message, response):
+    """Raise AuthenticationError unless `response` answers `message`: the
+    3.12+ private name for the checking half."""
+    if not _reply_is_valid(authkey, message, response):
+        raise AuthenticationError('digest received was wrong')
+
+
 # 3.12+ spell these with a leading underscore.
 _CHALLENGE, _WELCOME, _FAILURE = CHALLENGE, WELCOME, FAILURE
 _MD5_DIGEST_LEN = 16
-_MD5ONLY_MESSAGE_LENGTH = MESSAGE_LENGTH
 
 
 # ------------------------------------------------------- xmlrpc wrappers

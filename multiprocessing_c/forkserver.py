@@ -332,6 +332,7 @@ def _run_child(fds):
     exitcode = 1
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        util._forked_child_starts()
         data_fd, extra = fds[0], fds[1]
         if os.path.sameopenfile(data_fd, extra):
             os.close(extra)
@@ -346,6 +347,7 @@ def _run_child(fds):
         # Our copy of the data pipe reports the parent's death.
         parent_sentinel = os.dup(data_fd)
         exitcode = spawn._main(data_fd, parent_sentinel)
+        util._forked_child_ends()
     except BaseException:
         import traceback
         traceback.print_exc()

@@ -13,7 +13,6 @@ concurrent.futures.BrokenExecutor.
 """
 import itertools
 import sys
-import os
 import threading
 import time
 from concurrent.futures import _base
@@ -133,7 +132,7 @@ class ProcessPoolExecutor(_base.Executor):
     def __init__(self, max_workers=None, mp_context=None, initializer=None,
                  initargs=(), *, max_tasks_per_child=None, backend=None):
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            max_workers = util._default_worker_count() or 1
         elif max_workers <= 0:
             raise ValueError('max_workers must be greater than 0')
         if initializer is not None and not callable(initializer):

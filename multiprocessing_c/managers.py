@@ -189,7 +189,12 @@ _REMOTE_TEXT = {
 
 
 def convert_to_error(kind, result):
-    """Turn an error reply into the exception to raise."""
+    """Turn an error reply into the exception to raise.
+
+    For '#ERROR' that is `result` itself: a caller that raises it drops
+    its own name for it as it goes, or the frame on the traceback would
+    hold the exception that holds the traceback, a cycle keeping both
+    (and all the frame refers to) until the next collection."""
     if kind == '#ERROR':
         return result           # the exception object itself
     template = _REMOTE_TEXT.get(kind)
@@ -202,11 +207,16 @@ def convert_to_error(kind, result):
 
 
 def _unwrap(reply):
-    # A reply's value, or the exception it stands for.
+    # A reply's value, or the exception it stands for.  The exception must
+    # not stay in this frame (see convert_to_error): hence the del.
     kind, value = reply
-    if kind != '#RETURN':
+    if kind == '#RETURN':
+        return value
+    del reply
+    try:
         raise convert_to_error(kind, value)
-    return value
+    finally:
+        del value
 
 
 def dispatch(c, id, methodname, args=(), kwds={}):
@@ -322,13 +332,18 @@ def _call_server(address, authkey, Client, methodname, args=(), kwds={}):
     tls = _thread_state(address)[0]
     conn = getattr(tls, 'connection', None) or _open_connection(
         tls, address, authkey, Client)
+    # No local holds the reply: an error in it must not keep this frame.
+    return _unwrap(_exchange(tls, conn, (None, methodname, args, kwds)))
+
+
+def _exchange(tls, conn, request):
+    # One request and its reply; a connection that failed is dropped.
     try:
-        conn.send((None, methodname, args, kwds))
-        reply = conn.recv()
+        conn.send(request)
+        return conn.recv()
     except BaseException:
         _drop_connection(tls, conn)
         raise
-    return _unwrap(reply)
 
 
 def _asks_shutdown(request):
@@ -1227,9 +1242,12 @@ class BaseProxy:
             raise
         if kind == '#RETURN':
             return result
-        if kind != '#PROXY':
+        if kind == '#PROXY':
+            return self._proxy_for_result(*result)
+        try:
             raise convert_to_error(kind, result)
-        return self._proxy_for_result(*result)
+        finally:
+            del result  # no cycle through this frame: see convert_to_error
 
     def _proxy_for_result(self, exposed, token):
         # A method whose result stays in the server: share it.  The server

@@ -710,7 +710,7 @@ class Pool:
 
 def _pool_size(processes):
     if processes is None:
-        return os.cpu_count() or 1
+        return util._default_worker_count() or 1
     if processes >= 1:
         return processes
     raise ValueError('Number of processes must be at least 1')

@@ -115,6 +115,9 @@ def _run_child(process_obj, parent_sentinel, parent_fds):
     # itself fails).
     try:
         util.close_fds(*parent_fds)
-        os._exit(process_obj._bootstrap(parent_sentinel=parent_sentinel))
+        util._forked_child_starts()
+        exitcode = process_obj._bootstrap(parent_sentinel=parent_sentinel)
+        util._forked_child_ends()
+        os._exit(exitcode)
     finally:
         os._exit(1)

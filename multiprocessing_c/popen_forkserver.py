@@ -2,6 +2,7 @@
 clean, preloaded self, which then unpickles the Process object the parent
 sends it, as a spawned child would."""
 import os
+import threading
 
 from . import forkserver
 from . import popen_fork
@@ -42,6 +43,9 @@ class Popen(popen_fork.Popen):
 
     def _launch(self, process_obj):
         self._fds = []
+        # Any thread may poll any child (Process.start() polls them all):
+        # one reads the server's report, the others then see returncode.
+        self._report_lock = threading.Lock()
         payload = popen_spawn_posix._child_payload(self, process_obj)
         forkserver.ensure_running()
         server = forkserver._forkserver._forkserver_pid
@@ -75,6 +79,12 @@ class Popen(popen_fork.Popen):
         if not _sentinel_ready(self.sentinel,
                                0 if flag == os.WNOHANG else None):
             return None
+        with self._report_lock:
+            if self.returncode is None:     # no other thread read it yet
+                self.returncode = self._read_report()
+        return self.returncode
+
+    def _read_report(self):
         try:
             code = forkserver.read_signed(self.sentinel)
         except (OSError, EOFError):

@@ -285,7 +285,9 @@ class BaseProcess:
         try:
             self.run()
         finally:
-            util._exit_function()
+            # From 3.13 the child's atexit run calls it (util).
+            if not util._EXIT_THROUGH_ATEXIT:
+                util._exit_function()
         return 0
 
     @staticmethod

@@ -186,6 +186,7 @@ class Queue(object):
         self._thread = None
         self._jointhread = None
         self._joincancelled = False
+        self._used = False      # this process put something
         if not after_fork:
             self._closed = False
         self._close = None
@@ -222,6 +223,7 @@ class Queue(object):
 
     def _send(self, data):
         """Write one frame now, or queue it behind earlier ones."""
+        self._used = True
         state = self._feedstate
         with self._tlock:
             if not self._buffer and not state.busy:
@@ -363,6 +365,8 @@ class Queue(object):
         return self._maxsize - self._sem._semlock._get_value()
 
     def empty(self):
+        if self._reader.closed:     # by close() after this process put
+            raise OSError('handle is closed')
         return not _poll_fd(self._reader_fd, 0)
 
     def full(self):
@@ -370,10 +374,14 @@ class Queue(object):
 
     def close(self):
         """No more puts or gets from this process; buffered data is still
-        flushed by the feeder thread, which then closes the pipe ends."""
+        flushed by the feeder thread, which then closes the pipe ends.  On
+        a queue this process never put to, the pipe ends stay open until
+        the queue is collected (empty() still answers), as the stdlib's."""
         self._closed = True
         with self._tlock:
             if self._thread is None:
+                if not self._used:
+                    return
                 # Nothing buffered: close both ends now.
                 for end in (self._reader, self._writer):
                     try:

@@ -3,7 +3,6 @@ reducers (methods, partials, sockets, connections...), and the helpers
 that carry file descriptors to a child."""
 import copyreg
 import functools
-import io
 import os
 import pickle
 import socket
@@ -18,6 +17,25 @@ __all__ = ['ForkingPickler', 'register', 'dump', 'DupFd', 'sendfds',
 HAVE_SEND_HANDLE = True
 # Whether recvfds() acknowledges what it received (only macOS needs it).
 ACKNOWLEDGE = False
+
+
+class _ChunkSink:
+    """A pickler's file that hands each chunk to `write` (list.append).
+
+    Pickles are gathered as bytes, never in a BytesIO seen through
+    getbuffer(): such a view held by something that ends up in a reference
+    cycle makes the garbage collector fail closing the BytesIO (BufferError
+    from gc.collect() or unraisable on 3.12+; 3.13.0 can even crash)."""
+    __slots__ = ('write',)
+
+    def __init__(self, write):
+        self.write = write
+
+
+def _joined(chunks):
+    if len(chunks) == 1 and type(chunks[0]) is bytes:
+        return chunks[0]       # a small pickle arrives in one write
+    return b''.join(chunks)
 
 
 class ForkingPickler(pickle.Pickler):
@@ -46,10 +64,10 @@ class ForkingPickler(pickle.Pickler):
 
     @classmethod
     def dumps(cls, obj, protocol=None):
-        """Return `obj` pickled, as a bytes-like object."""
-        buf = io.BytesIO()
-        cls(buf, protocol).dump(obj)
-        return buf.getbuffer()
+        """Return `obj` pickled, as a bytes-like object (a memoryview)."""
+        out = []
+        cls(_ChunkSink(out.append), protocol).dump(obj)
+        return memoryview(_joined(out))
 
     loads = staticmethod(pickle.loads)
 

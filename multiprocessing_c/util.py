@@ -323,6 +323,29 @@ _exit_function = _make_exit_function(info, debug, _run_finalizers,
 
 atexit.register(_exit_function)
 
+# How many workers Pool and ProcessPoolExecutor start by default: from
+# Python 3.13 the CPUs this process may run on, before that all of them.
+_default_worker_count = getattr(os, 'process_cpu_count', os.cpu_count)
+
+# From Python 3.13 a child ends through atexit whatever its start method:
+# a forked one drops the handlers it inherited, registers _exit_function
+# and runs what is registered once Process._bootstrap returns, so handlers
+# the child registered run (before _exit_function).  Earlier versions call
+# _exit_function at the end of _bootstrap and a forked child runs no
+# atexit handler.
+_EXIT_THROUGH_ATEXIT = sys.version_info >= (3, 13)
+
+
+def _forked_child_starts():
+    if _EXIT_THROUGH_ATEXIT:
+        atexit._clear()
+        atexit.register(_exit_function)
+
+
+def _forked_child_ends():
+    if _EXIT_THROUGH_ATEXIT:
+        atexit._run_exitfuncs()
+
 # ------------------------------------------------ fork-aware thread objects
 
 

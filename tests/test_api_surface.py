@@ -25,12 +25,19 @@ PARTIAL = {
 }
 
 
+# Not API: before 3.11 the stdlib's process.py leaves the variables of its
+# loop over the signal module behind as globals.
+NOT_API = {'multiprocessing.process': {'name', 'signum'}}
+
+
 def api_names(module):
     """The names a user of `module` may rely on: __all__, plus the public
     classes, functions and constants the module defines itself."""
     names = set(getattr(module, '__all__', ()))
     for name, value in vars(module).items():
         if name.startswith('_') or isinstance(value, types.ModuleType):
+            continue
+        if name in NOT_API.get(module.__name__, ()):
             continue
         if inspect.isclass(value) or inspect.isroutine(value):
             if getattr(value, '__module__', None) == module.__name__:

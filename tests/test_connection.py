@@ -985,3 +985,20 @@ def test_resource_sharer_ticket_is_single_use():
         df.detach()          # already claimed: refused, not hung
     a.close()
     b.close()
+
+
+class _Cyclic:
+    pass
+
+
+def test_forking_pickler_dumps_survives_a_reference_cycle():
+    # On 3.12+ a view of a BytesIO collected in a cycle made gc.collect()
+    # raise BufferError (or report it as unraisable); 3.13.0 could crash.
+    data = reduction.ForkingPickler.dumps({'k': list(range(100))})
+    assert isinstance(data, memoryview)
+    holder = _Cyclic()
+    holder.data, holder.me = data, holder
+    del data, holder
+    gc.collect()
+    big = reduction.ForkingPickler.dumps(b'x' * (1 << 20))
+    assert std_reduction.ForkingPickler.loads(big) == b'x' * (1 << 20)

@@ -408,6 +408,34 @@ def test_dict_iterator_and_errors(manager):
         next(it)
 
 
+class _ErrorReply:
+    def send(self, obj):
+        pass
+
+    def recv(self):
+        return '#ERROR', pyqueue.Empty()
+
+
+def test_raised_errors_leave_no_reference_cycle(manager):
+    # The exception must go with its except clause, not wait for the
+    # garbage collector (3.13's TestManagerExceptions).
+    import weakref
+    q = manager.Queue()
+    refs = []
+    gc.disable()
+    try:
+        for call in (q.get_nowait,
+                     lambda: managers.dispatch(_ErrorReply(), None, 'get')):
+            try:
+                call()
+            except pyqueue.Empty as e:
+                refs.append(weakref.ref(e))
+    finally:
+        gc.enable()
+    assert len(refs) == 2
+    assert [r() for r in refs] == [None, None]
+
+
 def test_getvalue_str_repr_deepcopy(manager):
     import copy
     d = manager.dict(x=[1, 2])

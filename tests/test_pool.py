@@ -605,6 +605,28 @@ def test_atexit_with_unclosed_pool(tmp_path):
     assert r.stdout.strip() == '[0.0, 1.0, 2.0, 3.0]'
 
 
+def test_default_size_follows_the_running_python(tmp_path):
+    # 3.13 sizes Pool and ProcessPoolExecutor by os.process_cpu_count()
+    # (the CPUs this process may use), earlier versions by os.cpu_count().
+    from testutil import run_python, write_script
+    script = write_script(tmp_path / 'size.py', '''
+        import os
+        from multiprocessing_c import Pool
+        from multiprocessing_c.futures import ProcessPoolExecutor
+        if __name__ == "__main__":
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+            with Pool() as p:
+                print(p._processes)
+            e = ProcessPoolExecutor()
+            print(e._max_workers)
+            e.shutdown()
+        ''')
+    r = run_python([script], timeout=60)
+    assert r.returncode == 0, r.stderr
+    expected = 1 if sys.version_info >= (3, 13) else os.cpu_count()
+    assert r.stdout.split() == [str(expected)] * 2
+
+
 def test_many_tiny_items(ctx):
     with ctx.Pool(2) as p:
         assert p.map(abs, range(-50000, 50000)) == [abs(i) for i in range(-50000, 50000)]

@@ -444,6 +444,24 @@ def test_stdin_is_devnull_in_child(ctx, tmp_path):
     assert out.read_text() == "''"
 
 
+def register_atexit_writer(path):
+    import atexit
+    atexit.register(write_file, path, 'ran')
+
+
+def test_atexit_handlers_registered_in_child(ctx, tmp_path):
+    # A spawned child ends as an interpreter does, so its atexit handlers
+    # run; a forked one (fork, forkserver) runs them from Python 3.13 on,
+    # as the stdlib's, and not before.
+    path = str(tmp_path / 'atexit')
+    p = ctx.Process(target=register_atexit_writer, args=(path,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    expected = sys.version_info >= (3, 13) or ctx.get_start_method() == 'spawn'
+    assert os.path.exists(path) == expected
+
+
 def subprocess_with_stdin(script, *args):
     import subprocess
     from testutil import child_env

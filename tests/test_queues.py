@@ -94,6 +94,26 @@ class TestQueueInProcess:
         q.close()
         q.join_thread()
 
+    @pytest.mark.parametrize('kind', ['Queue', 'JoinableQueue'])
+    def test_empty_after_close(self, kind):
+        # As the stdlib's: close() of a queue this process never put to
+        # leaves the pipe alone; after a put, the pipe is closed and
+        # empty() says so (3.13's test_closed_queue_empty_exceptions).
+        before = set(os.listdir('/proc/self/fd'))
+        q = getattr(multiprocessing_c, kind)()
+        q.close()
+        q.join_thread()
+        assert q.empty()
+        del q
+        gc.collect()
+        assert set(os.listdir('/proc/self/fd')) - before == set()
+        q = getattr(multiprocessing_c, kind)()
+        q.put('foo')
+        q.close()
+        q.join_thread()
+        with pytest.raises(OSError, match='is closed'):
+            q.empty()
+
     def test_timeouts(self):
         q = multiprocessing_c.Queue(maxsize=1)
         t0 = time.monotonic()

@@ -25,6 +25,7 @@ class Streamer(unittest.TextTestResult):
     """Writes each outcome to the progress file as soon as it is known."""
 
     progress = None
+    _held = None
 
     def _emit(self, record):
         self.progress.write(json.dumps(record) + '\n')
@@ -51,9 +52,34 @@ class Streamer(unittest.TextTestResult):
         # setUpClass/setUpModule errors arrive with a pseudo-test id.
         self._put(test, 'error', self._exc_info_to_string(err, test))
 
+    # A subtest that fails or skips is the test's only report: unittest
+    # then calls no addSuccess/addFailure/addSkip for the test itself.  The
+    # first such report (a failure over a skip) is held and given, as the
+    # test's one outcome, when the test stops.
+
+    def _hold(self, outcome, detail):
+        if self._held is None or (self._held[0] == 'skip' and outcome != 'skip'):
+            self._held = (outcome, detail)
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            outcome = 'fail' if issubclass(err[0], test.failureException) else 'error'
+            self._hold(outcome, '%s\n%s' % (subtest.id(),
+                                            self._exc_info_to_string(err, test)))
+
     def addSkip(self, test, reason):
         super().addSkip(test, reason)
-        self._put(test, 'skip', reason)
+        if hasattr(test, 'test_case'):      # a skipped subtest
+            self._hold('skip', reason)
+        else:
+            self._put(test, 'skip', reason)
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        if self._held is not None:
+            self._put(test, *self._held)
+        self._held = None
 
     def addExpectedFailure(self, test, err):
         super().addExpectedFailure(test, err)
