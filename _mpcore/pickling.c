@@ -872,23 +872,29 @@ mp_pickle_decode(const char *data, size_t len)
 /* ------------------------------------------------------------------ */
 /* With the fallback: the full pickler, registered from Python. */
 
-/* Makes sure the full pickler is registered.  0, or -1 with an
- * exception set. */
+/* Makes sure the full pickler is known: registered by
+ * multiprocessing_c.reduction when imported, or (for another instance
+ * of this module) taken from it.  0, or -1 with an exception set. */
 static int
 need_fallbacks(mp_state *st)
 {
     if (st->pickle_dumps != NULL && st->pickle_loads != NULL)
         return 0;
-    /* multiprocessing_c.reduction registers them when imported. */
     PyObject *mod = PyImport_ImportModule("multiprocessing_c.reduction");
     if (mod == NULL)
         return -1;
-    Py_DECREF(mod);
     if (st->pickle_dumps == NULL || st->pickle_loads == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "multiprocessing_c.reduction registered no pickler");
-        return -1;
+        PyObject *dumps = PyObject_GetAttrString(mod, "_pooled_dumps");
+        PyObject *loads = dumps ? PyObject_GetAttrString(mod, "_full_loads") : NULL;
+        if (loads == NULL) {
+            Py_XDECREF(dumps);
+            Py_DECREF(mod);
+            return -1;
+        }
+        Py_XSETREF(st->pickle_dumps, dumps);
+        Py_XSETREF(st->pickle_loads, loads);
     }
+    Py_DECREF(mod);
     return 0;
 }
 

@@ -106,7 +106,8 @@ def _pooled_dumps(obj):
     return data
 
 
-_mpcore._set_pickle_fallbacks(_pooled_dumps, pickle.loads)
+_full_loads = pickle.loads
+_mpcore._set_pickle_fallbacks(_pooled_dumps, _full_loads)
 
 
 # ---------------------------------------------------------------------------

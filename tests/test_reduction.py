@@ -304,3 +304,12 @@ def test_stdlib_reads_fast_path_pickles():
     finally:
         ours.close()
         std.close()
+
+
+def test_another_module_instance_finds_the_full_pickler():
+    import importlib.util
+    spec = importlib.util.find_spec('multiprocessing_c._mpcore')
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    assert fresh.loads(fresh.dumps({1, 2})) == {1, 2}
+    assert fresh.dumps([1]) == pickle.dumps([1], PROTOCOL)
