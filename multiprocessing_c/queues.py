@@ -14,12 +14,11 @@ pickled in C too: _mpcore.dumps).  get() is one C call
 (_mpcore.queue_get): read lock, wait with the GIL released, the whole
 frame, the size counter, then the unpickling.  Only when a put cannot
 complete (the pipe is full, or another process is writing) do the
-remaining bytes go to a
-per-queue buffer drained by a feeder thread, which keeps puts
-non-blocking as the stdlib's are; later puts of this process queue up
-behind it, so objects arrive in order.  At normal exit the feeder is
-joined (unless cancel_join_thread() was called), so nothing put before
-close() is lost.
+remaining bytes go to a per-queue buffer drained by a feeder thread,
+which keeps puts non-blocking as the stdlib's are; later puts of this
+process queue up behind it, so objects arrive in order.  At normal exit
+the feeder is joined (unless cancel_join_thread() was called), so nothing
+put before close() is lost.
 """
 
 import collections
