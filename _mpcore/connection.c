@@ -449,6 +449,73 @@ conn_dealloc(PyObject *op)
 /* ------------------------------------------------------------------ */
 /* Methods */
 
+/* Writes the 4- or 12-byte header for a `size`-byte payload into hdr;
+ * returns its length. */
+static size_t
+conn_put_header(unsigned char *hdr, uint64_t size)
+{
+    if (size <= (uint64_t)SHORT_MAX) {
+        hdr[0] = (unsigned char)(size >> 24);
+        hdr[1] = (unsigned char)(size >> 16);
+        hdr[2] = (unsigned char)(size >> 8);
+        hdr[3] = (unsigned char)size;
+        return 4;
+    }
+    memset(hdr, 0xff, 4);
+    for (int i = 0; i < 8; i++)
+        hdr[4 + i] = (unsigned char)(size >> (56 - 8 * i));
+    return 12;
+}
+
+/* Writes all of iov[0..iovcnt) (one frame) to the connection.  Modifies
+ * iov.  Returns 0, or -1 with an exception set. */
+static int
+conn_write_frame(ConnObject *self, struct iovec *iov, int iovcnt)
+{
+    /* A Connection closed by another thread meanwhile fails with EBADF
+     * at worst: self->fd is read once, under the GIL. */
+    int fd = self->fd;
+    if (self->is_socket) {
+        /* Try first without blocking and without releasing the GIL:
+         * a small message usually fits in the socket buffer, and giving
+         * up the GIL can cost a thread switch to get it back. */
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)iovcnt;
+        ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT);  /* cpylint-ignore: never blocks */
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            mp_set_oserror(errno);
+            return -1;
+        }
+        size_t done = n > 0 ? (size_t)n : 0;
+        while (iovcnt > 0 && done >= iov->iov_len) {
+            done -= iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= done;
+        }
+    }
+    return iovcnt ? conn_writev_all(fd, iov, iovcnt) : 0;
+}
+
+/* Sends buf[0..size) as one frame (header and payload in one write
+ * where they fit).  Returns 0, or -1 with an exception set. */
+static int
+conn_send_payload(ConnObject *self, const char *buf, Py_ssize_t size)
+{
+    unsigned char hdr[12];
+    struct iovec iov[2];
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = conn_put_header(hdr, (uint64_t)size);
+    iov[1].iov_base = (char *)buf;
+    iov[1].iov_len = (size_t)size;
+    return conn_write_frame(self, iov, size ? 2 : 1);
+}
+
 PyDoc_STRVAR(conn_send_bytes__doc__,
 "send_bytes($self, buf, offset=0, size=None)\n--\n\n"
 "Send the bytes of the bytes-like object `buf` as one message; `offset`\n"
@@ -490,56 +557,7 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
         goto fail;
     }
-
-    unsigned char hdr[12];
-    struct iovec iov[2];
-    uint64_t n = (uint64_t)size;
-    if (n <= (uint64_t)SHORT_MAX) {
-        hdr[0] = (unsigned char)(n >> 24);
-        hdr[1] = (unsigned char)(n >> 16);
-        hdr[2] = (unsigned char)(n >> 8);
-        hdr[3] = (unsigned char)n;
-        iov[0].iov_len = 4;
-    }
-    else {
-        memset(hdr, 0xff, 4);
-        for (int i = 0; i < 8; i++)
-            hdr[4 + i] = (unsigned char)(n >> (56 - 8 * i));
-        iov[0].iov_len = 12;
-    }
-    iov[0].iov_base = hdr;
-    iov[1].iov_base = (char *)view.buf + offset;
-    iov[1].iov_len = (size_t)size;
-    /* A Connection closed by another thread meanwhile fails with EBADF
-     * at worst: self->fd is read once, under the GIL. */
-    int fd = self->fd, iovcnt = size ? 2 : 1;
-    struct iovec *iovp = iov;
-    if (self->is_socket) {
-        /* Try first without blocking and without releasing the GIL:
-         * a small message usually fits in the socket buffer, and giving
-         * up the GIL can cost a thread switch to get it back. */
-        struct msghdr msg;
-        memset(&msg, 0, sizeof(msg));
-        msg.msg_iov = iov;
-        msg.msg_iovlen = (size_t)iovcnt;
-        ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT);  /* cpylint-ignore: never blocks */
-        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            mp_set_oserror(errno);
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        size_t done = n > 0 ? (size_t)n : 0;
-        while (iovcnt > 0 && done >= iovp->iov_len) {
-            done -= iovp->iov_len;
-            iovp++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iovp->iov_base = (char *)iovp->iov_base + done;
-            iovp->iov_len -= done;
-        }
-    }
-    int rc = iovcnt ? conn_writev_all(fd, iovp, iovcnt) : 0;
+    int rc = conn_send_payload(self, (char *)view.buf + offset, size);
     PyBuffer_Release(&view);
     if (rc < 0)
         return NULL;
@@ -550,37 +568,69 @@ fail:
     return NULL;
 }
 
-PyDoc_STRVAR(conn_recv_bytes__doc__,
-"recv_bytes($self, maxlength=None)\n--\n\n"
-"Receive one message as bytes, blocking until it arrives.  Raises\n"
-"EOFError when the other end closed at a message boundary, and OSError\n"
-"if the message is longer than `maxlength` (the connection then stops\n"
-"being readable).");
+/* send() pickles into a stack buffer of this size first (larger pickles
+ * go to the heap); the frame header goes in front of the pickle, so the
+ * whole message leaves in one write. */
+#define SEND_STACK 2048
+
+PyDoc_STRVAR(conn_send__doc__,
+"send($self, obj, /)\n--\n\n"
+"Send a picklable object (pickled with multiprocessing_c's\n"
+"ForkingPickler).");
 
 static PyObject *
-conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
-                PyObject *kwnames)
+conn_send(PyObject *op, PyObject *obj)
 {
-    static const char *const names[] = {"maxlength"};
     ConnObject *self = Conn_CAST(op);
-    PyObject *a[1];
-    Py_ssize_t maxlength;
-    uint64_t size;
+    char stackbuf[SEND_STACK];
+    char *out;
+    size_t len;
 
-    if (nargs == 0 && kwnames == NULL) {
-        a[0] = NULL;
+    if (conn_check_writable(self) < 0)
+        return NULL;
+    int r = mp_pickle_encode(obj, 4, stackbuf, sizeof(stackbuf), &out, &len);
+    if (r < 0)
+        return NULL;
+    if (r > 0) {
+        /* The pickle is shorter than 64 KiB: a short header. */
+        conn_put_header((unsigned char *)out, (uint64_t)(len - 4));
+        struct iovec iov = {.iov_base = out, .iov_len = len};
+        int rc = conn_write_frame(self, &iov, 1);
+        mp_pickle_release(out, stackbuf);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_NONE;
     }
-    else if (conn_parse_args("recv_bytes", args, nargs, kwnames, names, 1, 0, a) < 0) {
+    mp_state *st = mp_get_state_by_type(Py_TYPE(op));
+    if (st == NULL)
         return NULL;
-    }
-    if (conn_ssize_arg(a[0], -1, &maxlength) < 0)
+    PyObject *data = mp_pickle_dumps_fallback(st, obj);
+    if (data == NULL)
         return NULL;
-    if (a[0] != NULL && a[0] != Py_None && maxlength < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative maxlength");
+    Py_buffer view;
+    int rc = PyObject_GetBuffer(data, &view, PyBUF_SIMPLE);
+    Py_DECREF(data);
+    if (rc < 0)
         return NULL;
-    }
-    if (conn_check_readable(self) < 0)
+    /* Pickling ran Python code, which may have closed us. */
+    rc = conn_check_writable(self);
+    if (rc == 0)
+        rc = conn_send_payload(self, view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (rc < 0)
         return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Receives one frame of at most `maxlength` bytes (-1: any).  Returns a
+ * new bytes object; or Py_None, not a new reference, when the payload
+ * (of at most SMALL_FRAME bytes) was read into small[0..*smalllen); or
+ * NULL with an exception set. */
+static PyObject *
+conn_recv_frame(ConnObject *self, Py_ssize_t maxlength, char *small,
+                Py_ssize_t *smalllen)
+{
+    uint64_t size;
 
     /* Fast path: the header and a payload of up to SMALL_FRAME bytes,
      * read exactly (never past the frame), first without blocking under
@@ -589,7 +639,6 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
      * code below finishes.  n1/n2: results of the header and payload
      * reads (n2 == -2: payload not attempted). */
     unsigned char hdr[8];
-    char small[SMALL_FRAME];
     ssize_t n1 = -1, n2 = -2;
     int32_t len = -1;
     int err = EAGAIN;
@@ -640,8 +689,10 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
         }
         Py_END_ALLOW_THREADS
     }
-    if (n2 >= 0 && n2 == len)
-        return PyBytes_FromStringAndSize(small, len);
+    if (n2 >= 0 && n2 == len) {
+        *smalllen = len;
+        return Py_None;
+    }
     if (n1 < 4) {
         if (n1 < 0) {
             if (err != EINTR)
@@ -692,6 +743,73 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     if (maxlength >= 0 && size > (uint64_t)maxlength)
         return conn_bad_length(self, size, maxlength);
     return conn_read_payload(self, size);
+}
+
+PyDoc_STRVAR(conn_recv_bytes__doc__,
+"recv_bytes($self, maxlength=None)\n--\n\n"
+"Receive one message as bytes, blocking until it arrives.  Raises\n"
+"EOFError when the other end closed at a message boundary, and OSError\n"
+"if the message is longer than `maxlength` (the connection then stops\n"
+"being readable).");
+
+static PyObject *
+conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    static const char *const names[] = {"maxlength"};
+    ConnObject *self = Conn_CAST(op);
+    PyObject *a[1];
+    Py_ssize_t maxlength;
+
+    if (nargs == 0 && kwnames == NULL) {
+        a[0] = NULL;
+    }
+    else if (conn_parse_args("recv_bytes", args, nargs, kwnames, names, 1, 0, a) < 0) {
+        return NULL;
+    }
+    if (conn_ssize_arg(a[0], -1, &maxlength) < 0)
+        return NULL;
+    if (a[0] != NULL && a[0] != Py_None && maxlength < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative maxlength");
+        return NULL;
+    }
+    if (conn_check_readable(self) < 0)
+        return NULL;
+    char small[SMALL_FRAME];
+    Py_ssize_t len;
+    PyObject *res = conn_recv_frame(self, maxlength, small, &len);
+    if (res == Py_None)
+        return PyBytes_FromStringAndSize(small, len);
+    return res;
+}
+
+PyDoc_STRVAR(conn_recv__doc__,
+"recv($self, /)\n--\n\n"
+"Receive an object sent with send(), blocking until it arrives.");
+
+static PyObject *
+conn_recv(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ConnObject *self = Conn_CAST(op);
+    if (conn_check_readable(self) < 0)
+        return NULL;
+    char small[SMALL_FRAME];
+    Py_ssize_t len;
+    PyObject *res = conn_recv_frame(self, -1, small, &len);
+    if (res == NULL)
+        return NULL;
+    mp_state *st = mp_get_state_by_type(Py_TYPE(op));
+    if (st == NULL) {
+        if (res != Py_None)
+            Py_DECREF(res);
+        return NULL;
+    }
+    if (res == Py_None)
+        return mp_pickle_loads(st, small, (size_t)len, NULL);
+    PyObject *obj = mp_pickle_loads(st, PyBytes_AS_STRING(res),
+                                    (size_t)PyBytes_GET_SIZE(res), res);
+    Py_DECREF(res);
+    return obj;
 }
 
 PyDoc_STRVAR(conn_recv_bytes_into__doc__,
@@ -879,17 +997,54 @@ conn_set_handle(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
     return 0;
 }
 
+/* The stdlib's private checks, which some code calls: each raises
+ * OSError if the connection lacks what its name says. */
+static PyObject *
+conn_check_closed_meth(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    if (Conn_CAST(op)->fd < 0) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_check_readable_meth(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    if (!Conn_CAST(op)->readable) {
+        PyErr_SetString(PyExc_OSError, "connection is write-only");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_check_writable_meth(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    if (!Conn_CAST(op)->writable) {
+        PyErr_SetString(PyExc_OSError, "connection is read-only");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef conn_methods[] = {
     {"send_bytes", (PyCFunction)(void (*)(void))conn_send_bytes,
      METH_FASTCALL | METH_KEYWORDS, conn_send_bytes__doc__},
     {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes,
      METH_FASTCALL | METH_KEYWORDS, conn_recv_bytes__doc__},
+    {"send", conn_send, METH_O, conn_send__doc__},
+    {"recv", conn_recv, METH_NOARGS, conn_recv__doc__},
     {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,
      METH_FASTCALL | METH_KEYWORDS, conn_recv_bytes_into__doc__},
     {"poll", (PyCFunction)(void (*)(void))conn_poll,
      METH_FASTCALL | METH_KEYWORDS, conn_poll__doc__},
     {"fileno", conn_fileno, METH_NOARGS, conn_fileno__doc__},
     {"close", conn_close, METH_NOARGS, conn_close__doc__},
+    {"_check_closed", conn_check_closed_meth, METH_NOARGS, NULL},
+    {"_check_readable", conn_check_readable_meth, METH_NOARGS, NULL},
+    {"_check_writable", conn_check_writable_meth, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

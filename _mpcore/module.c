@@ -32,6 +32,8 @@ mpcore_exec(PyObject *module)
         return -1;
     if (mp_queue_init(module, st) < 0)
         return -1;
+    if (mp_pickling_init(module, st) < 0)
+        return -1;
     if (mp_forkserver_init(module, st) < 0)
         return -1;
     return 0;
@@ -46,6 +48,8 @@ mpcore_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->ArenaType);
     Py_VISIT(st->BlockType);
     Py_VISIT(st->HeapType);
+    Py_VISIT(st->pickle_dumps);
+    Py_VISIT(st->pickle_loads);
     return 0;
 }
 
@@ -58,6 +62,8 @@ mpcore_clear(PyObject *module)
     Py_CLEAR(st->ArenaType);
     Py_CLEAR(st->BlockType);
     Py_CLEAR(st->HeapType);
+    Py_CLEAR(st->pickle_dumps);
+    Py_CLEAR(st->pickle_loads);
     return 0;
 }
 

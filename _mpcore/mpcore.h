@@ -22,6 +22,8 @@ typedef struct {
     PyTypeObject *ArenaType;        /* heap.c */
     PyTypeObject *BlockType;        /* heap.c */
     PyTypeObject *HeapType;         /* heap.c */
+    PyObject *pickle_dumps;         /* pickling.c: the full pickler's */
+    PyObject *pickle_loads;         /*   dumps and loads, registered */
 } mp_state;
 
 extern PyModuleDef mp_module_def;
@@ -136,6 +138,25 @@ int mp_semlock_acquire_until(PyObject *obj, int64_t deadline);
 /* release(): 0, or -1 with an exception set. */
 int mp_semlock_release(PyObject *obj);
 
+/* ---- pickling.c: plain data pickled and read in C ----
+ * mp_pickle_encode writes what pickle.dumps(obj, 4) writes, after `room`
+ * bytes left free for the caller, into `stackbuf` or, if it outgrows it,
+ * the heap.  Returns 1 with *out and *outlen set (free with
+ * mp_pickle_release), 0 if `obj` is not plain data the fast path
+ * handles (nothing to free, no exception), -1 with an exception set. */
+int mp_pickle_encode(PyObject *obj, size_t room, char *stackbuf,
+                     size_t stacksize, char **out, size_t *outlen);
+void mp_pickle_release(char *out, char *stackbuf);
+/* A new reference, or NULL, never with an exception set, if the fast
+ * path does not read `data`. */
+PyObject *mp_pickle_decode(const char *data, size_t len);
+/* The registered full pickler's dumps(obj): a new reference or NULL. */
+PyObject *mp_pickle_dumps_fallback(mp_state *st, PyObject *obj);
+/* Unpickles data[0..len), by the fast path or the full unpickler (which
+ * gets `owner`, the bytes object holding the data, if not NULL). */
+PyObject *mp_pickle_loads(mp_state *st, const char *data, size_t len,
+                          PyObject *owner);
+
 /* ---- one init per concept, called in order by module.c ---- */
 int mp_spawn_init(PyObject *module, mp_state *st);
 int mp_heap_init(PyObject *module, mp_state *st);
@@ -145,6 +166,7 @@ int mp_wait_init(PyObject *module, mp_state *st);
 int mp_fdpass_init(PyObject *module, mp_state *st);
 int mp_semaphore_init(PyObject *module, mp_state *st);
 int mp_queue_init(PyObject *module, mp_state *st);
+int mp_pickling_init(PyObject *module, mp_state *st);
 int mp_forkserver_init(PyObject *module, mp_state *st);
 
 #endif /* MPCORE_H */

@@ -134,6 +134,152 @@ queue_read_exact(int fd, char *buf, size_t len, int started, PyObject **pending)
     return 0;
 }
 
+/* Payloads up to this size are read into the caller's stack buffer. */
+#define QUEUE_SMALL 1024
+
+/* Takes the next frame off the pipe `fd`, holding the SemLock `rlock`
+ * while reading and releasing the SemLock `sem` (or None) after.  The
+ * payload goes into small[0..QUEUE_SMALL) if it fits, else into a new
+ * bytes object *big.  Returns 1 with *len set, 0 if `deadline` passed
+ * first, or -1 with an exception set. */
+static int
+queue_take(int fd, PyObject *rlock, PyObject *sem, int64_t deadline,
+           char *small, PyObject **big, size_t *len)
+{
+    PyObject *pending = NULL;
+    int r, result = -1;
+
+    *big = NULL;
+    r = mp_semlock_acquire_until(rlock, deadline);
+    if (r <= 0)
+        return r;
+
+    /* Wait for data while nothing is consumed: a timeout or Ctrl-C here
+     * leaves the pipe as it was.  With no deadline the header's read
+     * itself waits (one syscall less; a signal there consumes nothing). */
+    r = deadline == MP_FOREVER ? 1 : queue_poll(fd, POLLIN, deadline);
+    if (r <= 0) {
+        result = r;
+        goto done;
+    }
+
+    /* The header and a small payload are read in one GIL release; what
+     * that leaves undone (a short read, EINTR, a large frame) is
+     * finished below.  n2 == -2: the payload read was not tried. */
+    unsigned char hdr[8];
+    ssize_t n1, n2 = -2;
+    int err;
+    uint64_t size = 0;
+    Py_BEGIN_ALLOW_THREADS
+    n1 = read(fd, hdr, 4);
+    err = errno;
+    if (n1 == 4) {
+        size = ((uint64_t)hdr[0] << 24) | ((uint64_t)hdr[1] << 16) |
+               ((uint64_t)hdr[2] << 8) | (uint64_t)hdr[3];
+        if (size <= QUEUE_SMALL) {
+            n2 = size ? read(fd, small, (size_t)size) : 0;
+            err = errno;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (n1 < 4) {
+        if (n1 < 0) {
+            if (err != EINTR) {
+                mp_set_oserror(err);
+                goto done;
+            }
+            /* Nothing consumed yet: a handler's exception may end it. */
+            if (PyErr_CheckSignals() < 0)
+                goto done;
+            n1 = 0;
+        }
+        else if (n1 == 0) {
+            PyErr_SetNone(PyExc_EOFError);
+            goto done;
+        }
+        if (queue_read_exact(fd, (char *)hdr + n1, (size_t)(4 - n1), n1 > 0,
+                             &pending) < 0)
+            goto done;
+        size = ((uint64_t)hdr[0] << 24) | ((uint64_t)hdr[1] << 16) |
+               ((uint64_t)hdr[2] << 8) | (uint64_t)hdr[3];
+    }
+    if (size & 0x80000000u) {
+        if (size != 0xffffffffu) {
+            PyErr_SetString(PyExc_OSError, "corrupt frame header on queue pipe");
+            goto done;
+        }
+        /* -1: the 8-byte length follows. */
+        if (queue_read_exact(fd, (char *)hdr, 8, 1, &pending) < 0)
+            goto done;
+        size = 0;
+        for (int i = 0; i < 8; i++)
+            size = (size << 8) | hdr[i];
+        if (size > (uint64_t)PY_SSIZE_T_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "queue frame too large");
+            goto done;
+        }
+    }
+    char *dest = small;
+    size_t have = 0;
+    if (n2 >= 0) {
+        have = (size_t)n2;
+    }
+    else if (n2 == -1 && err == EINTR) {
+        queue_defer_signals(&pending);
+    }
+    else if (n2 == -1) {
+        mp_set_oserror(err);
+        goto done;
+    }
+    else if (size > QUEUE_SMALL) {
+        /* The bytes object is ours alone until returned: reading into
+         * its buffer with the GIL released touches no shared Python
+         * state. */
+        *big = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+        if (*big == NULL)
+            goto done;
+        dest = PyBytes_AS_STRING(*big);
+    }
+    if (have < size &&
+            queue_read_exact(fd, dest + have, (size_t)size - have, 1, &pending) < 0)
+        goto done;
+    *len = (size_t)size;
+    result = 1;
+    if (sem != Py_None && mp_semlock_release(sem) < 0)
+        result = -1;
+
+done:
+    if (mp_semlock_release(rlock) < 0)
+        result = -1;
+    if (pending != NULL) {
+        /* The frame was read whole; the interrupted caller loses it, but
+         * every later reader still finds frame boundaries intact. */
+        if (PyErr_Occurred())
+            Py_DECREF(pending);
+        else
+            queue_restore(pending);
+        result = -1;
+    }
+    if (result != 1)
+        Py_CLEAR(*big);
+    return result;
+}
+
+/* Parses the arguments queue_recv and queue_get share. */
+static int
+queue_take_args(mp_state *st, PyObject *const *args, int *fd,
+                int64_t *deadline)
+{
+    *fd = PyObject_AsFileDescriptor(args[0]);
+    if (*fd < 0)
+        return -1;
+    if (mp_semlock_check(args[1], st) < 0)
+        return -1;
+    if (args[2] != Py_None && mp_semlock_check(args[2], st) < 0)
+        return -1;
+    return mp_deadline_from_timeout(args[3], deadline);
+}
+
 PyDoc_STRVAR(queue_recv__doc__,
 "queue_recv(fd, rlock, sem, timeout, /)\n--\n\n"
 "Take the next frame's payload from the pipe `fd` as bytes, holding the\n"
@@ -143,98 +289,64 @@ PyDoc_STRVAR(queue_recv__doc__,
 static PyObject *
 queue_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    mp_state *st = mp_get_state(module);
-    PyObject *rlock, *sem, *result = NULL, *pending = NULL;
     int64_t deadline;
-    int fd, r;
+    int fd;
 
     if (nargs != 4) {
         PyErr_Format(PyExc_TypeError,
                      "queue_recv() takes 4 arguments (%zd given)", nargs);
         return NULL;
     }
-    fd = PyObject_AsFileDescriptor(args[0]);
-    if (fd < 0)
+    if (queue_take_args(mp_get_state(module), args, &fd, &deadline) < 0)
         return NULL;
-    rlock = args[1];
-    sem = args[2];
-    if (mp_semlock_check(rlock, st) < 0)
+    char small[QUEUE_SMALL];
+    PyObject *big;
+    size_t len;
+    int r = queue_take(fd, args[1], args[2], deadline, small, &big, &len);
+    if (r < 0)
         return NULL;
-    if (sem != Py_None && mp_semlock_check(sem, st) < 0)
-        return NULL;
-    if (mp_deadline_from_timeout(args[3], &deadline) < 0)
-        return NULL;
-
-    r = mp_semlock_acquire_until(rlock, deadline);
-    if (r <= 0)
-        {
-        if (r < 0)
-            return NULL;
+    if (r == 0)
         Py_RETURN_NONE;
-    }
+    if (big != NULL)
+        return big;
+    return PyBytes_FromStringAndSize(small, (Py_ssize_t)len);
+}
 
-    /* Wait for data while nothing is consumed: a timeout or Ctrl-C here
-     * leaves the pipe as it was.  With no deadline the header's read
-     * itself waits (one syscall less; a signal there consumes nothing). */
-    r = deadline == MP_FOREVER ? 1 : queue_poll(fd, POLLIN, deadline);
-    if (r <= 0) {
-        if (r == 0) {
-            Py_INCREF(Py_None);
-            result = Py_None;
-        }
-        goto done;
-    }
+PyDoc_STRVAR(queue_get__doc__,
+"queue_get(fd, rlock, sem, timeout, empty, /)\n--\n\n"
+"Like queue_recv(), but return the object the frame holds, unpickled\n"
+"once `rlock` is released, and raise the exception class `empty` if\n"
+"`timeout` expires first.");
 
-    unsigned char hdr[8];
-    if (queue_read_exact(fd, (char *)hdr, 4, 0, &pending) < 0)
-        goto done;
-    int32_t small = (int32_t)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
-                              ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3]);
-    uint64_t len;
-    if (small == -1) {
-        if (queue_read_exact(fd, (char *)hdr, 8, 1, &pending) < 0)
-            goto done;
-        len = 0;
-        for (int i = 0; i < 8; i++)
-            len = (len << 8) | hdr[i];
-    }
-    else if (small < 0) {
-        PyErr_SetString(PyExc_OSError, "corrupt frame header on queue pipe");
-        goto done;
-    }
-    else {
-        len = (uint64_t)small;
-    }
-    if (len > (uint64_t)PY_SSIZE_T_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "queue frame too large");
-        goto done;
-    }
-    /* The bytes object is ours alone until returned: reading into its
-     * buffer with the GIL released touches no shared Python state. */
-    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
-    if (result == NULL)
-        goto done;
-    if (queue_read_exact(fd, PyBytes_AS_STRING(result), (size_t)len, 1,
-                         &pending) < 0) {
-        Py_CLEAR(result);
-        goto done;
-    }
-    if (sem != Py_None && mp_semlock_release(sem) < 0)
-        Py_CLEAR(result);
+static PyObject *
+queue_get(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    mp_state *st = mp_get_state(module);
+    int64_t deadline;
+    int fd;
 
-done:
-    if (mp_semlock_release(rlock) < 0)
-        Py_CLEAR(result);
-    if (pending != NULL) {
-        /* The frame was read whole; the interrupted caller loses it, but
-         * every later reader still finds frame boundaries intact. */
-        Py_CLEAR(result);
-        if (PyErr_Occurred())
-            Py_DECREF(pending);
-        else
-            queue_restore(pending);
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError,
+                     "queue_get() takes 5 arguments (%zd given)", nargs);
+        return NULL;
     }
-    return result;
+    if (queue_take_args(st, args, &fd, &deadline) < 0)
+        return NULL;
+    char small[QUEUE_SMALL];
+    PyObject *big;
+    size_t len;
+    int r = queue_take(fd, args[1], args[2], deadline, small, &big, &len);
+    if (r < 0)
+        return NULL;
+    if (r == 0) {
+        PyErr_SetNone(args[4] == Py_None ? PyExc_TimeoutError : args[4]);
+        return NULL;
+    }
+    if (big == NULL)
+        return mp_pickle_loads(st, small, len, NULL);
+    PyObject *obj = mp_pickle_loads(st, PyBytes_AS_STRING(big), len, big);
+    Py_DECREF(big);
+    return obj;
 }
 
 /* Writes all of iov (GIL released while blocked; waits for room when the
@@ -340,10 +452,15 @@ queue_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* One attempt on the (non-blocking) fd: a pipe with room takes the
-     * frame at once; a full one takes part of it or nothing. */
+     * frame at once; a full one takes part of it or nothing.  It never
+     * blocks, so the GIL stays held (a round trip of it costs more than
+     * the write). */
     ssize_t n;
-    int err, async_err;
-    MP_RETRY_EINTR(n, writev(fd, iov, 2), err, async_err);
+    int err, async_err = 0;
+    do {
+        n = writev(fd, iov, 2);     /* cpylint-ignore: never blocks */
+        err = errno;
+    } while (n < 0 && err == EINTR && !(async_err = PyErr_CheckSignals()));
     if (n < 0 && !async_err && (err == EAGAIN || err == EWOULDBLOCK))
         n = 0;
     if (n < 0) {
@@ -382,6 +499,8 @@ static PyMethodDef queue_functions[] = {
      queue_recv__doc__},
     {"queue_send", (PyCFunction)(void (*)(void))queue_send, METH_FASTCALL,
      queue_send__doc__},
+    {"queue_get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL,
+     queue_get__doc__},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,7 +6,6 @@ _mpcore.wait); this module adds pickling of objects, addresses, and the
 challenge/response handshake, which speaks the running Python's stdlib
 dialect so both can connect to each other.
 """
-import copyreg
 import hmac
 import itertools
 import os
@@ -24,8 +23,6 @@ BUFSIZE = 8192
 # Kept for compatibility: AF_UNIX/AF_INET connects do not retry.
 CONNECTION_TIMEOUT = 20.
 
-_ForkingPickler = reduction.ForkingPickler
-_loads = _ForkingPickler.loads
 _mmap_counter = itertools.count()
 
 default_family = 'AF_UNIX'
@@ -35,75 +32,19 @@ _ConnectionBase = _mpcore.Connection
 wait = _mpcore.wait
 
 
-# Making a ForkingPickler per message costs several times more than
-# pickling a small object, so picklers are reused from a small pool (a
-# list: pop/append are atomic, so threads and re-entrant sends from inside
-# a reducer each get their own).  A pooled pickler writes into a list
-# rather than a BytesIO; it is dropped when reducers were registered since
-# it was made (ForkingPickler.register, or copyreg's table grew), or when
-# a dump failed.
-_POOL_MAX = 4
-_pickler_pool = []
-
-
-class _Sink:
-    __slots__ = ('write',)
-
-    def __init__(self, write):
-        self.write = write
-
-
-def _dumps(obj):
-    stamp = (len(copyreg.dispatch_table) << 32) | _ForkingPickler._generation
-    try:
-        pickler, out, made = _pickler_pool.pop()
-        if made != stamp:
-            raise IndexError
-    except IndexError:
-        out = []
-        pickler = _ForkingPickler(_Sink(out.append))
-        made = stamp
-    pickler.dump(obj)
-    pickler.clear_memo()
-    data = out[0] if len(out) == 1 else b''.join(out)
-    out.clear()
-    if len(_pickler_pool) < _POOL_MAX:
-        _pickler_pool.append((pickler, out, made))
-    return data
-
-
 class Connection(_mpcore.Connection):
     """A two-way (or one-way) channel of messages over a file descriptor.
 
-    send_bytes/recv_bytes/recv_bytes_into/poll/fileno/close come from C;
-    send() and recv() carry any picklable object."""
-
-    def send(self, obj):
-        """Send a picklable object."""
-        self.send_bytes(_dumps(obj))
-
-    def recv(self):
-        """Receive an object sent with send()."""
-        return _loads(self.recv_bytes())
+    Everything but the context manager is in C: send_bytes, recv_bytes,
+    recv_bytes_into, poll, fileno, close, and send/recv, which carry any
+    picklable object (plain data is pickled in C, the rest by
+    reduction.ForkingPickler)."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc_value, exc_tb):
         self.close()
-
-    # The stdlib's private checks, which some code calls.
-    def _check_closed(self):
-        if self.closed:
-            raise OSError("handle is closed")
-
-    def _check_readable(self):
-        if not self.readable:
-            raise OSError("connection is write-only")
-
-    def _check_writable(self):
-        if not self.writable:
-            raise OSError("connection is read-only")
 
     def _poll(self, timeout):
         return bool(_mpcore.wait([self], timeout))

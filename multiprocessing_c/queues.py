@@ -9,15 +9,16 @@ Data path of Queue.put (DESIGN.md: "a put that has returned should be
 delivered, or fail in the caller"): the object is pickled in the caller,
 so a pickling error is known at once, and one C call
 (_mpcore.queue_send) takes the cross-process write lock and writes the
-frame straight into the pipe with one non-blocking write.  get() is one
-C call too (_mpcore.queue_recv): read lock, wait with the GIL released,
-the whole frame, the size counter.  Only when that cannot complete (the pipe is
-full, or another process is writing) do the remaining bytes go to a
-per-queue buffer drained by a feeder thread, which keeps puts
-non-blocking as the stdlib's are; later puts of this process queue up
-behind it, so objects arrive in order.  At normal exit the feeder is
-joined (unless cancel_join_thread() was called), so nothing put before
-close() is lost.
+frame straight into the pipe with one non-blocking write (plain data is
+pickled in C too: _mpcore.dumps).  get() is one C call
+(_mpcore.queue_get): read lock, wait with the GIL released, the whole
+frame, the size counter, then the unpickling.  Only when a put cannot
+complete (the pipe is full, or another process is writing) do the
+remaining bytes go to a per-queue buffer drained by a feeder thread,
+which keeps puts non-blocking as the stdlib's are; later puts of this
+process queue up behind it, so objects arrive in order.  At normal exit
+the feeder is joined (unless cancel_join_thread() was called), so nothing
+put before close() is lost.
 """
 
 import collections
@@ -32,35 +33,14 @@ import weakref
 from queue import Empty, Full
 
 from . import _mpcore, context
-from ._mpcore import queue_recv as _queue_recv, queue_send as _queue_send
+from . import reduction  # noqa: F401 (registers the full pickler)
+from ._mpcore import queue_get as _queue_get, queue_send as _queue_send
 from .util import Finalize, debug, info, is_exiting, register_after_fork
-
-try:
-    from .reduction import ForkingPickler as _ForkingPickler
-except ImportError:  # pragma: no cover - the foundation provides it
-    import pickle as _pickle
-
-    class _ForkingPickler(object):
-        @staticmethod
-        def dumps(obj, protocol=None):
-            return _pickle.dumps(obj, protocol)
-
-        loads = staticmethod(_pickle.loads)
 
 __all__ = ['Queue', 'SimpleQueue', 'JoinableQueue']
 
-import pickle as _pickle
-
-# Objects of these exact types never reach a pickler's dispatch table
-# (the C pickler writes them itself), so plain pickle.dumps gives the same
-# bytes as ForkingPickler.dumps without building a pickler per item.
-_ATOMIC_TYPES = frozenset([int, float, str, bytes, bool, type(None)])
-
-
-def _dumps(obj, _atomic=_ATOMIC_TYPES, _plain=_pickle.dumps):
-    if type(obj) in _atomic:
-        return _plain(obj)
-    return _ForkingPickler.dumps(obj)
+# ForkingPickler's bytes; plain data is pickled in C without a Pickler.
+_dumps = _mpcore.dumps
 
 _SEM_VALUE_MAX = _mpcore.SemLock.SEM_VALUE_MAX
 _HEADER = struct.Struct('!i')
@@ -121,6 +101,12 @@ def _pipe():
 _STOP = object()
 
 
+def _wake_feeder(buffer, notempty, item):
+    with notempty:
+        buffer.append(item)
+        notempty.notify()
+
+
 class _FeedState(object):
     """Shared by a queue's putters and its feeder thread, under _tlock."""
     __slots__ = ('busy', 'holding')
@@ -128,6 +114,14 @@ class _FeedState(object):
     def __init__(self):
         self.busy = False       # the feeder is writing a batch
         self.holding = False    # a put left _wlock held mid-frame for it
+
+
+def _close_ends(*ends):
+    for end in ends:
+        try:
+            end.close()
+        except OSError:
+            pass
 
 
 def _fileno_or_none(end):
@@ -169,7 +163,10 @@ class Queue(object):
     def __setstate__(self, state):
         if isinstance(state, tuple):    # a pickle made by an older version
             state = dict(zip(self._SHARED_STATE, state))
-        self.__dict__.update(state)
+        # setattr keeps the instance's attributes in the interpreter's
+        # fast layout (touching __dict__ would give that up).
+        for name, value in state.items():
+            setattr(self, name, value)
         self._reset()
 
     def _after_fork(self):
@@ -196,61 +193,74 @@ class Queue(object):
         self._rsl = self._rlock._semlock
         self._wsl = self._wlock._semlock
         self._ssl = self._sem._semlock
+        self._sem_acquire = self._ssl.acquire
+        self._sem_release = self._ssl.release
+        # JoinableQueue counts each item put as a task.
+        self._tasks = getattr(self, '_unfinished_tasks', None)
 
     # ---------------------------------------------------------------- put
 
     def put(self, obj, block=True, timeout=None):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        if not self._sem.acquire(block, timeout):
+        if not self._sem_acquire(block, timeout):
             raise Full
         try:
             data = _dumps(obj)
         except Exception as e:
             # Reported as the stdlib's feeder thread reports it, but here,
             # while the caller's frame is still on the stack.
-            self._sem.release()
+            self._sem_release()
             self._on_queue_feeder_error(e, obj)
             return
+        tasks = self._tasks
+        if tasks is not None:
+            # Counted before it is visible, so a consumer's task_done()
+            # for it can never run first.
+            tasks.release()
+        self._used = True
         try:
-            self._send(data)
+            with self._tlock:
+                # Straight into the pipe unless earlier frames of this
+                # process are still waiting for the feeder.
+                if self._buffer or self._feedstate.busy:
+                    self._enqueue(data, -1)
+                else:
+                    n = _queue_send(self._writer_fd, self._wsl, data, False)
+                    if n is not None:
+                        self._enqueue(data, n)
+        except BrokenPipeError:
+            if not self._ignore_epipe:
+                self._undo_put(tasks)
+                raise
         except BaseException:
-            self._sem.release()
+            self._undo_put(tasks)
             raise
+
+    def _undo_put(self, tasks):
+        if tasks is not None:
+            tasks.acquire(False)
+        self._sem_release()
 
     def put_nowait(self, obj):
         return self.put(obj, False)
 
-    def _send(self, data):
-        """Write one frame now, or queue it behind earlier ones."""
-        self._used = True
-        state = self._feedstate
-        with self._tlock:
-            if not self._buffer and not state.busy:
-                try:
-                    n = _queue_send(self._writer_fd, self._wsl, data, False)
-                except BrokenPipeError:
-                    if self._ignore_epipe:
-                        return
-                    raise
-                if n is None:
-                    return          # the whole frame is in the pipe
-                parts = _frame_parts(data)
-                if n > 0:
-                    # Part of the frame is in the pipe and _wlock is still
-                    # held, so no other writer splits it; the feeder
-                    # finishes the frame and releases the lock.
-                    state.holding = True
-                    parts = _skip(parts, n)
-            else:
-                parts = _frame_parts(data)
-            # The feeder only sleeps on an empty buffer: wake it then only.
-            wake = not self._buffer
-            self._buffer.append(parts)
-            if self._thread is None:
-                self._start_thread()
-            elif wake:
-                self._notempty.notify()
+    def _enqueue(self, data, sent):
+        """Hand a frame to the feeder thread (called with _tlock held).
+        `sent` is what queue_send() returned for it: -1 or 0 if nothing
+        went out, else the count of bytes written, with _wlock left held
+        so that no other writer splits the frame."""
+        parts = _frame_parts(data)
+        if sent > 0:
+            self._feedstate.holding = True
+            parts = _skip(parts, sent)
+        # The feeder only sleeps on an empty buffer: wake it then only.
+        wake = not self._buffer
+        self._buffer.append(parts)
+        if self._thread is None:
+            self._start_thread()
+        elif wake:
+            self._notempty.notify()
 
     def _start_thread(self):
         # Called with _tlock held.
@@ -311,28 +321,25 @@ class Queue(object):
                     state.busy = False
         # close() was called and everything before it is written.
         debug('feeder thread got sentinel -- exiting')
-        for end in (writer, reader):
-            try:
-                end.close()
-            except OSError:
-                pass
+        _close_ends(writer, reader)
+
+    # The two exit hooks _start_thread registers (as Finalize callbacks, so
+    # they hold no reference to the queue).
 
     @staticmethod
     def _finalize_close(buffer, notempty):
-        debug('telling queue thread to quit')
-        with notempty:
-            buffer.append(_STOP)
-            notempty.notify()
+        """Put the feeder's stop marker behind everything buffered."""
+        _wake_feeder(buffer, notempty, _STOP)
 
     @staticmethod
-    def _finalize_join(twr):
-        debug('joining queue thread')
-        thread = twr()
-        if thread is not None:
-            thread.join()
-            debug('... queue thread joined')
-        else:
-            debug('... queue thread already dead')
+    def _finalize_join(thread_ref):
+        """Wait for the feeder to have written everything."""
+        feeder = thread_ref()
+        if feeder is None:
+            debug('queue feeder already gone')
+            return
+        debug('waiting for the queue feeder')
+        feeder.join()
 
     @staticmethod
     def _on_queue_feeder_error(e, obj):
@@ -349,12 +356,9 @@ class Queue(object):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         # One C call: read lock, wait (GIL released), whole frame, size
-        # counter, read lock again.
-        data = _queue_recv(self._reader_fd, self._rsl, self._ssl,
-                           timeout if block else 0)
-        if data is None:
-            raise Empty
-        return _ForkingPickler.loads(data)
+        # counter, read lock again, then the unpickling (Empty on timeout).
+        return _queue_get(self._reader_fd, self._rsl, self._ssl,
+                          timeout if block else 0, Empty)
 
     def get_nowait(self):
         return self.get(False)
@@ -379,36 +383,32 @@ class Queue(object):
         the queue is collected (empty() still answers), as the stdlib's."""
         self._closed = True
         with self._tlock:
-            if self._thread is None:
-                if not self._used:
-                    return
-                # Nothing buffered: close both ends now.
-                for end in (self._reader, self._writer):
-                    try:
-                        end.close()
-                    except OSError:
-                        pass
-                return
-        close = self._close
-        if close:
-            self._close = None
-            close()
+            feeding = self._thread is not None
+            stop, self._close = self._close, None
+        if not feeding:
+            # Nothing was ever buffered: close both ends now, unless this
+            # process never put (then they stay open, as the stdlib's).
+            if self._used:
+                _close_ends(self._reader, self._writer)
+        elif stop is not None:
+            stop()
 
     def join_thread(self):
+        """Wait until the feeder has written everything (after close())."""
         debug('Queue.join_thread()')
-        assert self._closed, "Queue {0!r} not closed".format(self)
-        if self._jointhread:
-            self._jointhread()
+        assert self._closed, f"Queue {self!r} not closed"
+        joiner = self._jointhread
+        if joiner is not None:
+            joiner()
 
     def cancel_join_thread(self):
         """Do not wait for the feeder thread at exit (buffered data may
         then be lost)."""
         debug('Queue.cancel_join_thread()')
         self._joincancelled = True
-        try:
-            self._jointhread.cancel()
-        except AttributeError:
-            pass
+        joiner, self._jointhread = self._jointhread, None
+        if joiner is not None:
+            joiner.cancel()
 
 
 class JoinableQueue(Queue):
@@ -418,31 +418,10 @@ class JoinableQueue(Queue):
         if ctx is None:
             ctx = context._default_context.get_context()
         Queue.__init__(self, maxsize, ctx=ctx)
-        self._unfinished_tasks = ctx.Semaphore(0)
+        self._unfinished_tasks = self._tasks = ctx.Semaphore(0)
         self._cond = ctx.Condition()
 
     _SHARED_STATE = Queue._SHARED_STATE + ('_cond', '_unfinished_tasks')
-
-    def put(self, obj, block=True, timeout=None):
-        if self._closed:
-            raise ValueError(f"Queue {self!r} is closed")
-        if not self._sem.acquire(block, timeout):
-            raise Full
-        try:
-            data = _dumps(obj)
-        except Exception as e:
-            self._sem.release()
-            self._on_queue_feeder_error(e, obj)
-            return
-        # Counted before it is visible, so a consumer's task_done() for it
-        # can never run first.
-        self._unfinished_tasks.release()
-        try:
-            self._send(data)
-        except BaseException:
-            self._unfinished_tasks.acquire(False)
-            self._sem.release()
-            raise
 
     def task_done(self):
         """Count one item taken by get() as processed."""
@@ -471,34 +450,37 @@ class SimpleQueue(object):
             from .futures import _check_stdlib_executor
             _check_stdlib_executor(ctx, sys._getframe(1))
         self._reader, self._writer = _pipe()
-        self._rlock = ctx.Lock()
-        self._wlock = ctx.Lock()
-        self._poll = self._reader.poll
-
-    def close(self):
-        self._reader.close()
-        self._writer.close()
-
-    def empty(self):
-        return not self._poll()
-
-    def __getstate__(self):
-        context.assert_spawning(self)
-        return {'_reader': self._reader, '_writer': self._writer,
-                '_rlock': self._rlock, '_wlock': self._wlock}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._poll = self._reader.poll
+        self._rlock, self._wlock = ctx.Lock(), ctx.Lock()
+        self._reset()
 
     def get(self):
-        data = _queue_recv(self._reader.fileno(), self._rlock._semlock,
-                           None, None)
-        return _ForkingPickler.loads(data)
+        return _queue_get(self._reader.fileno(), self._rsl, None, None, None)
 
     def put(self, obj):
         # Pickled outside the lock; an unpicklable object raises here.
-        _queue_send(self._writer.fileno(), self._wlock._semlock, _dumps(obj),
-                    True)
+        _queue_send(self._writer.fileno(), self._wsl, _dumps(obj), True)
+
+    def empty(self):
+        return not self._reader.poll()
+
+    def close(self):
+        _close_ends(self._reader, self._writer)
+
+    # A child gets the pipe and the locks; the rest is per process.
+    _SHARED_STATE = ('_reader', '_writer', '_rlock', '_wlock')
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return {name: getattr(self, name) for name in self._SHARED_STATE}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._reset()
+
+    def _reset(self):
+        # The C objects under the locks, for the one-call data path.
+        self._rsl = self._rlock._semlock
+        self._wsl = self._wlock._semlock
 
     __class_getitem__ = classmethod(types.GenericAlias)

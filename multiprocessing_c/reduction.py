@@ -7,6 +7,7 @@ import os
 import pickle
 import socket
 import sys
+import types
 
 from . import _mpcore
 from . import context
@@ -46,8 +47,8 @@ class ForkingPickler(pickle.Pickler):
 
     _extra_reducers = {}
     _copyreg_dispatch_table = copyreg.dispatch_table
-    # Bumped by register(): picklers kept for reuse (connection.py) are
-    # made afresh when it changes.
+    # Bumped by register(): pooled picklers (_pooled_dumps) made before
+    # are dropped.
     _generation = 0
 
     def __init__(self, *args, **kwds):
@@ -65,6 +66,9 @@ class ForkingPickler(pickle.Pickler):
     @classmethod
     def dumps(cls, obj, protocol=None):
         """Return `obj` pickled, as a bytes-like object (a memoryview)."""
+        if cls is ForkingPickler and protocol is None:
+            # Plain data in C, the rest with a pooled pickler.
+            return memoryview(_mpcore.dumps(obj))
         out = []
         cls(_ChunkSink(out.append), protocol).dump(obj)
         return memoryview(_joined(out))
@@ -81,39 +85,66 @@ def dump(obj, file, protocol=None):
 
 
 # ---------------------------------------------------------------------------
-# Objects the plain pickle module cannot carry: bound methods of classes
-# and builtins, method descriptors and functools.partial.
+# The full pickler behind _mpcore.dumps (which pickles plain data itself).
+#
+# Making a ForkingPickler per message costs several times more than
+# pickling a small object, so picklers are reused from a small pool (a
+# list: pop/append are atomic, so threads and re-entrant dumps from inside
+# a reducer each get their own).  A pooled pickler writes into a list
+# rather than a BytesIO; it is dropped when reducers were registered since
+# it was made (register(), or copyreg's table grew), or when a dump failed.
+
+_POOL_MAX = 4
+_pickler_pool = []
 
 
-def _reduce_method(m):
-    return getattr, (m.__self__, m.__func__.__name__)
+def _pooled_dumps(obj):
+    stamp = (len(copyreg.dispatch_table) << 32) | ForkingPickler._generation
+    try:
+        pickler, out, made = _pickler_pool.pop()
+        if made != stamp:
+            raise IndexError
+    except IndexError:
+        out = []
+        pickler = ForkingPickler(_ChunkSink(out.append))
+        made = stamp
+    pickler.dump(obj)
+    pickler.clear_memo()
+    data = _joined(out)
+    out.clear()
+    if len(_pickler_pool) < _POOL_MAX:
+        _pickler_pool.append((pickler, out, made))
+    return data
 
 
-class _C:
-    def f(self):
-        pass
+_full_loads = pickle.loads
+_mpcore._set_pickle_fallbacks(_pooled_dumps, _full_loads)
 
 
-register(type(_C().f), _reduce_method)
-
-
-def _reduce_method_descriptor(m):
-    return getattr, (m.__objclass__, m.__name__)
-
-
-register(type(list.append), _reduce_method_descriptor)
-register(type(int.__add__), _reduce_method_descriptor)
-
+# ---------------------------------------------------------------------------
+# Callables plain pickle refuses.  Each travels as getattr(owner, name),
+# looked up again in the receiving process; partials as their parts.
 
 def _rebuild_partial(func, args, keywords):
     return functools.partial(func, *args, **keywords)
 
 
-def _reduce_partial(p):
-    return _rebuild_partial, (p.func, p.args, p.keywords or {})
-
-
-register(functools.partial, _reduce_partial)
+_CALLABLE_REDUCERS = {
+    # A method bound to an instance or class: its owner and name.
+    types.MethodType:
+        lambda meth: (getattr, (meth.__self__, meth.__func__.__name__)),
+    # Unbound methods of builtin types (list.append, int.__add__).
+    types.MethodDescriptorType:
+        lambda desc: (getattr, (desc.__objclass__, desc.__name__)),
+    types.WrapperDescriptorType:
+        lambda desc: (getattr, (desc.__objclass__, desc.__name__)),
+    functools.partial:
+        lambda part: (_rebuild_partial,
+                      (part.func, part.args, part.keywords or {})),
+}
+for _kind, _reducer in _CALLABLE_REDUCERS.items():
+    register(_kind, _reducer)
+del _kind, _reducer
 
 # ---------------------------------------------------------------------------
 # Passing file descriptors over AF_UNIX sockets (SCM_RIGHTS, in C; the wire
