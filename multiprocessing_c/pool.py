@@ -17,7 +17,6 @@ worker report a task whose arguments fail to unpickle.  map() batches
 items into chunks.
 """
 import collections
-import copyreg
 import itertools
 import os
 import queue
@@ -30,6 +29,7 @@ import time
 import traceback
 import warnings
 
+from . import _mpcore
 from . import context
 from . import process as _process
 from . import reduction
@@ -152,52 +152,17 @@ def starmapstar(args):
     return list(itertools.starmap(func, items))
 
 
-class _Parts:
-    # The file a reused pickler writes to: its writes land in a list.
-    __slots__ = ('write',)
-
-    def __init__(self, write):
-        self.write = write
-
-
-# Picklers kept for reuse by _pack (making a ForkingPickler copies its
-# reducer table, which costs more than pickling a small task).  Each user
-# pops one, so threads never share a pickler; one is made afresh when
-# reducers were registered since, and dropped when a dump fails.
-_spare_picklers = []
-
-
-def _reducers_stamp():
-    return (len(copyreg.dispatch_table),
-            getattr(reduction.ForkingPickler, '_generation', 0))
-
-
 def _pack(job, i, obj, took=0.0):
-    """Return one message: the (job, i, took) header, then `obj` pickled."""
-    stamp = _reducers_stamp()
-    try:
-        made, pickler, parts = _spare_picklers.pop()
-    except IndexError:
-        made = None
-    if made != stamp:
-        parts = []
-        pickler = reduction.ForkingPickler(_Parts(parts.append))
-    parts.append(_HEADER.pack(job, i, took))
-    pickler.dump(obj)                    # on failure, the pickler is dropped
-    pickler.clear_memo()
-    message = b''.join(parts)
-    parts.clear()
-    if len(_spare_picklers) < 4:
-        _spare_picklers.append((stamp, pickler, parts))
-    return message
+    """Return one message: the (job, i, took) header, then `obj` pickled
+    (plain data in C, the rest by reduction's pooled pickler)."""
+    return _HEADER.pack(job, i, took) + _mpcore.dumps(obj)
 
 
 def _decode(message):
     """The object of a message made by _pack; a failure to unpickle it is
     returned as the outcome (False, exception)."""
     try:
-        return reduction.ForkingPickler.loads(
-            memoryview(message)[_HEADER.size:])
+        return _mpcore.loads(memoryview(message)[_HEADER.size:])
     except Exception as e:
         return (False, e)
 
@@ -230,7 +195,7 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None,
                 pass
             raise
     conn.send_bytes(_HEADER.pack(_READY, 0, 0.0))
-    loads = reduction.ForkingPickler.loads
+    loads = _mpcore.loads
     clock = time.perf_counter
     done = 0
     while maxtasks is None or done < maxtasks:
