@@ -832,7 +832,39 @@ def _send_room(conn):
     return _send_room_cache[0]
 
 
-class _ProcessDispatcher:
+class _HandlerDispatcher:
+    """What a dispatcher run by one handler thread (self._thread) does for
+    the pool's threads: the feeder's flow control and the lifecycle.  The
+    handler drains the backlog, sets self._space once it is down to
+    self._space_low, and stops on _closing (once idle) or _terminating; a
+    subclass provides backlog() and wake().  The process dispatcher and
+    the remote engines' (backends/_common.py) share it."""
+
+    def wait_for_space(self, low):
+        # The feeder sleeps until the handler has drained the backlog to
+        # `low` tasks (checked after each dispatch), or briefly.
+        self._space_low = low
+        self._space.clear()
+        if self.backlog() > low:
+            self._space.wait(0.05)
+
+    def close(self):
+        self._closing = True
+        self.wake()
+
+    def terminate(self):
+        # Also the pool's finalizer: at exit, or when the pool is collected.
+        self._terminating = True
+        self.wake()
+        self.join()
+
+    def join(self):
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+
+class _ProcessDispatcher(_HandlerDispatcher):
     """Owns the worker processes and the handler thread.  Holds no
     reference to the Pool, so that an unclosed pool can be collected (and
     its finalizer then stops the workers).
@@ -924,14 +956,6 @@ class _ProcessDispatcher:
     def backlog(self):
         return self.taskqueue.qsize()
 
-    def wait_for_space(self, low):
-        # The feeder sleeps until the handler has drained the backlog to
-        # `low` tasks (checked after each dispatch), or briefly.
-        self._space_low = low
-        self._space.clear()
-        if self.taskqueue.qsize() > low:
-            self._space.wait(0.05)
-
     def wake(self):
         if not self._wake_pending:
             self._wake_pending = True
@@ -939,21 +963,6 @@ class _ProcessDispatcher:
                 os.write(self._wake_w, b'\0')
             except (BlockingIOError, OSError):
                 pass
-
-    def close(self):
-        self._closing = True
-        self.wake()
-
-    def terminate(self):
-        # Also the pool's finalizer: at exit, or when the pool is collected.
-        self._terminating = True
-        self.wake()
-        self.join()
-
-    def join(self):
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join()
 
     # -- start
 

@@ -3,7 +3,8 @@ runs it on a remote worker, the refusal of objects that cannot leave this
 machine, and the dispatcher that feeds tasks to remote workers.
 
 The dispatcher has the interface of pool.py's process dispatcher (submit,
-close, terminate, join, backlog, wait_for_space, wake, _broken), so the
+close, terminate, join, backlog, wait_for_space, wake, _broken; the
+lifecycle and flow control are pool._HandlerDispatcher's, shared), so the
 Pool and its result objects (ApplyResult, MapResult, the imap iterators and
 the imap feeder) are multiprocessing_c's own; only the transport differs.
 One handler thread owns the engine's workers: submitting threads and the
@@ -306,7 +307,7 @@ class InitFailed(Exception):
         self.exc = exc
 
 
-class RemoteDispatcher:
+class RemoteDispatcher(_pool._HandlerDispatcher):
     """Feeds the pool's tasks to an engine's workers, `depth` at a time
     each, from one handler thread.  Subclasses provide the engine: start
     a worker, send a task, fetch a result, stop a worker."""
@@ -370,28 +371,8 @@ class RemoteDispatcher:
     def backlog(self):
         return self.taskqueue.qsize() + len(self._retry)
 
-    def wait_for_space(self, low):
-        self._space_low = low
-        self._space.clear()
-        if self.backlog() > low:
-            self._space.wait(0.05)
-
     def wake(self):
         self._events.put(None)
-
-    def close(self):
-        self._closing = True
-        self.wake()
-
-    def terminate(self):
-        self._terminating = True
-        self.wake()
-        self.join()
-
-    def join(self):
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join()
 
     def start(self):
         # The workers are asked for now, so that the pool lists them as a
