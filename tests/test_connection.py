@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -304,7 +305,9 @@ class TestConnectionObject:
     def test_signatures(self):
         import inspect
         sig = lambda f: list(inspect.signature(f).parameters)
-        assert sig(_mpcore.Connection) == ['handle', 'readable', 'writable']
+        if sys.version_info >= (3, 10):
+            # 3.9 drops the signature from a heap type's docstring.
+            assert sig(_mpcore.Connection) == ['handle', 'readable', 'writable']
         assert sig(_mpcore.Connection.send_bytes) == ['self', 'buf', 'offset', 'size']
         assert sig(_mpcore.Connection.recv_bytes) == ['self', 'maxlength']
         assert sig(_mpcore.Connection.recv_bytes_into) == ['self', 'buf', 'offset']

@@ -377,11 +377,14 @@ def test_c_signatures_are_introspectable():
     assert list(inspect.signature(_mpcore.shm_open).parameters) == [
         'path', 'flags', 'mode']
     assert list(inspect.signature(_mpcore.shm_unlink).parameters) == ['path']
-    assert list(inspect.signature(_mpcore.Arena).parameters) == ['size', 'fd']
+    if sys.version_info >= (3, 10):
+        # 3.9 drops the signature from a heap type's docstring.
+        assert list(inspect.signature(_mpcore.Arena).parameters) == ['size', 'fd']
 
 
 def test_c_types_are_immutable_and_blocks_not_instantiable():
-    for tp in (_mpcore.Arena, _mpcore.Block):
+    # Py_TPFLAGS_IMMUTABLETYPE came with 3.10: 3.9's heap types are mutable.
+    for tp in (_mpcore.Arena, _mpcore.Block) if sys.version_info >= (3, 10) else ():
         with pytest.raises(TypeError):
             tp.foo = 1
     with pytest.raises(TypeError):
